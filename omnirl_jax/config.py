@@ -1,0 +1,162 @@
+"""The trainer's configuration: one typed dataclass tree, loaded from YAML.
+
+Field defaults describe a tiny CPU run; configs/*.yaml set the real sizes. ``load_config`` checks
+types (via typed_config) and the cross-field rules below, so a bad config fails at start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal, Optional, Sequence
+
+from omnirl_jax.typed_config import ConfigError, load_yaml
+
+TOKENS_PER_STEP = 5
+"""Tokens per environment step: prompt, observation, tag, action, reward."""
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    mixer: Literal["gla", "swa"] = "gla"
+    """Sequence mixer: gated linear attention, or sliding-window softmax attention (baseline)."""
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    mlp_ratio: int = 4
+    chunk_size: int = 64
+    """GLA chunk length in tokens: parallel inside a chunk, recurrent across chunks."""
+    gate_temperature: float = 16.0
+    """GLA decay is log_sigmoid(x) / temperature; larger keeps memory longer at init."""
+    window: int = 320
+    """Sliding-window length in tokens (mixer 'swa')."""
+    dropout: float = 0.0
+    remat: bool = True
+    """Recompute each block's activations in the backward pass (jax.checkpoint)."""
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Matmul dtype; parameters and the recurrent state always stay float32."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+    source: Literal["generate", "shards"] = "generate"
+    path: Optional[str] = None
+    """Shard directory (source 'shards')."""
+    n_states: int = 16
+    """Observation vocabulary size."""
+    n_actions: int = 5
+    """Real actions; the action vocabulary has one more id, the null action ``n_actions``."""
+    seq_len: int = 2048
+    """Steps per sequence."""
+    workers: int = 1
+    generator: dict = dataclasses.field(default_factory=dict)
+    """Passed through to the generator unchanged."""
+
+
+@dataclasses.dataclass
+class LossConfig:
+    policy: float = 0.2
+    next_state: float = 0.4
+    reward: float = 0.4
+    warmup_steps: int = 512
+    """Context warm-up: per-step weight ramps linearly over the first steps of a sequence."""
+    warmup_start: float = 1e-3
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    end_lr_factor: float = 0.1
+    """Final learning rate as a fraction of ``lr`` (cosine and linear decay)."""
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.98
+    eps: float = 1e-8
+    clip_norm: float = 1.0
+    accumulate: int = 1
+    """Segment batches whose gradients are averaged into one optimiser step."""
+
+
+@dataclasses.dataclass
+class MeshConfig:
+    data: int = -1
+    """Data-parallel axis size; -1 takes all devices not used by ``model``."""
+    model: int = 1
+    distributed: bool = False
+    """Call jax.distributed.initialize() before building the mesh (multi-host)."""
+    coordinator_address: Optional[str] = None
+    num_processes: Optional[int] = None
+    process_id: Optional[int] = None
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    every: int = 100
+    """Save every this many optimiser steps (and at the end)."""
+    keep: int = 3
+    async_save: bool = True
+    best_metric: Optional[str] = None
+    """Keep the best checkpoints by this logged metric (e.g. 'loss') instead of the newest."""
+    best_mode: Literal["min", "max"] = "min"
+    restore_step: Optional[int] = None
+    """Resume from this step instead of the latest one."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    steps: int = 200
+    """Total optimiser steps."""
+    batch_size: int = 8
+    """Global batch (rows), split over the mesh's data axis."""
+    segment_len: int = 128
+    """Steps per segment: gradients flow within a segment, the recurrent state across them."""
+    seed: int = 0
+    log_every: int = 10
+
+
+@dataclasses.dataclass
+class Config:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
+    """Loads, overrides and validates a config; raises ConfigError with a one-line message."""
+    cfg = load_yaml(Config, path, overrides)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field rules that types alone cannot express."""
+    m, d, t, o = cfg.model, cfg.data, cfg.train, cfg.optim
+    positive = {
+        "model.d_model": m.d_model, "model.n_layers": m.n_layers, "model.n_heads": m.n_heads,
+        "model.mlp_ratio": m.mlp_ratio, "model.chunk_size": m.chunk_size, "model.window": m.window,
+        "data.n_states": d.n_states, "data.n_actions": d.n_actions, "data.seq_len": d.seq_len,
+        "data.workers": d.workers, "train.steps": t.steps, "train.batch_size": t.batch_size,
+        "train.segment_len": t.segment_len, "train.log_every": t.log_every,
+        "optim.accumulate": o.accumulate, "checkpoint.every": cfg.checkpoint.every,
+        "checkpoint.keep": cfg.checkpoint.keep, "mesh.model": cfg.mesh.model,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"config key {key!r}: must be positive, got {value}")
+    if cfg.mesh.data == 0 or cfg.mesh.data < -1:
+        raise ConfigError(f"config key 'mesh.data': must be positive or -1, got {cfg.mesh.data}")
+    if m.d_model % m.n_heads:
+        raise ConfigError(f"config key 'model.d_model': {m.d_model} is not divisible by model.n_heads={m.n_heads}")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"config key 'model.dropout': must be in [0, 1), got {m.dropout}")
+    if d.source == "shards" and not d.path:
+        raise ConfigError("config key 'data.path': required when data.source is 'shards'")
+    if o.lr <= 0 or o.clip_norm <= 0:
+        raise ConfigError("config key 'optim.lr'/'optim.clip_norm': must be positive")
+    if cfg.loss.warmup_steps < 0 or not 0.0 < cfg.loss.warmup_start <= 1.0:
+        raise ConfigError("config key 'loss.warmup_start': must be in (0, 1] with warmup_steps >= 0")

@@ -1,0 +1,40 @@
+"""The data contract between the generator, the shards, the loader and the trainer.
+
+A *sequence* is one AnyMDP task played for ``seq_len`` steps, episodes back to back. Step ``t``
+records what the agent saw and did: observation ``obs[t]``, behaviour action ``action[t]``
+(executed), reward ``reward[t]``, the label action ``label[t]`` (what the label policy, normally
+``opt3``, would do in that state), ``prompt[t]`` (id of the label policy) and ``tag[t]`` (which kind
+of policy produced ``action[t]``, or ``unk`` when hidden). When an episode ends, the terminal
+observation is recorded as its own step with the null action ``n_actions`` and reward 0; its
+label is also the null action (no policy loss there). ``next_obs[t]`` is ``obs[t + 1]`` (the
+world-model target); it is meaningless where ``action[t]`` is null (the next step is a reset).
+
+The loader yields batches of segments: every array has shape ``[batch, segment_len]`` except the
+per-row fields ``offset`` (absolute step of the segment's first step within its sequence, for
+the context warm-up weight) and ``reset`` (True where the row starts a new sequence, so the
+trainer zeroes that row's recurrent state).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TAGS = ("opt0", "opt1", "opt2", "opt3", "exp1", "exp2", "rnd", "unk")
+"""Behaviour tags: oracle at gamma index k (opt0..opt3), model-based RL (exp1), Q-learning
+(exp2), random (rnd), hidden (unk). Prompts use the same ids (the label policy is an oracle)."""
+TAG_ID = {name: i for i, name in enumerate(TAGS)}
+UNK_TAG = TAG_ID["unk"]
+
+STEP_FIELDS = {
+    "obs": np.int32,
+    "action": np.int32,
+    "label": np.int32,
+    "reward": np.float32,
+    "prompt": np.int32,
+    "tag": np.int32,
+    "next_obs": np.int32,
+}
+"""Per-step batch fields and their dtypes in a loader batch, each ``[batch, segment_len]``."""
+
+ROW_FIELDS = {"offset": np.int64, "reset": np.bool_}
+"""Per-row batch fields, each ``[batch]``."""

@@ -1,0 +1,121 @@
+"""Backbone layers: the two sequence mixers, the gated MLP and the pre-norm residual block.
+
+Every mixer has ``init_state(batch)`` and ``__call__(x, state) -> (y, state)``: the state is what
+is carried across segments (a fixed size, whatever the sequence length).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from omnirl_jax.config import ModelConfig
+from omnirl_jax.model.gla import gla_chunked
+from omnirl_jax.model.swa import init_cache, sliding_window_attention
+
+DECAY_TIMESCALES = (4.0, 4096.0)
+"""At init, the GLA heads' memory timescales (tokens) are spread log-uniformly over this range,
+so some heads remember the last step and others whole episodes."""
+
+
+def _dense(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, use_bias: bool = False) -> nnx.Linear:
+    return nnx.Linear(d_in, d_out, use_bias=use_bias, dtype=cfg.compute_dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+def dropout(x, rate: float, key):
+    """Inverted dropout; identity when ``key`` is None (evaluation) or ``rate`` is 0."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
+
+
+class GatedLinearAttention(nnx.Module):
+    """Multi-head GLA: q/k/v projections, a per-head decay gate, per-head RMSNorm, SiLU output gate."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, h = cfg.d_model, cfg.n_heads
+        self.n_heads, self.head_dim = h, d // h
+        self.chunk_size, self.gate_temperature = cfg.chunk_size, cfg.gate_temperature
+        self.q_proj, self.k_proj, self.v_proj = (_dense(cfg, d, d, rngs) for _ in range(3))
+        self.out_gate = _dense(cfg, d, d, rngs)
+        self.o_proj = _dense(cfg, d, d, rngs)
+        self.decay_proj = _dense(cfg, d, h, rngs, use_bias=True)
+        self.decay_proj.kernel.value = self.decay_proj.kernel.value * 0.1
+        timescales = np.geomspace(*DECAY_TIMESCALES, h)
+        # log_sigmoid(bias) / temperature = -1 / timescale at init.
+        a = np.exp(-cfg.gate_temperature / timescales)
+        self.decay_proj.bias.value = jnp.asarray(np.log(a / (1.0 - a)), jnp.float32)
+        self.head_norm = nnx.RMSNorm(self.head_dim, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+
+    def init_state(self, batch: int):
+        return jnp.zeros((batch, self.n_heads, self.head_dim, self.head_dim), jnp.float32)
+
+    def __call__(self, x, state):
+        batch, length, d = x.shape
+        heads = lambda y: y.reshape(batch, length, self.n_heads, self.head_dim)
+        q = heads(self.q_proj(x)) * self.head_dim**-0.5
+        k, v = heads(self.k_proj(x)), heads(self.v_proj(x))
+        log_decay = jax.nn.log_sigmoid(self.decay_proj(x).astype(jnp.float32)) / self.gate_temperature
+        out, state = gla_chunked(q, k, v, log_decay, state, self.chunk_size)
+        out = self.head_norm(out).reshape(batch, length, d).astype(x.dtype)
+        return self.o_proj(out * jax.nn.silu(self.out_gate(x))), state
+
+
+class SlidingWindowAttention(nnx.Module):
+    """Multi-head softmax attention over the last ``window`` tokens (the baseline mixer)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, h = cfg.d_model, cfg.n_heads
+        self.n_heads, self.head_dim, self.window = h, d // h, cfg.window
+        self.q_proj, self.k_proj, self.v_proj = (_dense(cfg, d, d, rngs) for _ in range(3))
+        self.o_proj = _dense(cfg, d, d, rngs)
+
+    def init_state(self, batch: int):
+        return init_cache(batch, self.window, self.n_heads, self.head_dim)
+
+    def __call__(self, x, state):
+        batch, length, d = x.shape
+        heads = lambda y: y.reshape(batch, length, self.n_heads, self.head_dim)
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        out, state = sliding_window_attention(q, k, v, state, self.window)
+        return self.o_proj(out.reshape(batch, length, d).astype(x.dtype)), state
+
+
+class GatedMLP(nnx.Module):
+    """SwiGLU feed-forward."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        d, f = cfg.d_model, cfg.mlp_ratio * cfg.d_model
+        self.gate_proj, self.up_proj = _dense(cfg, d, f, rngs), _dense(cfg, d, f, rngs)
+        self.down_proj = _dense(cfg, f, d, rngs)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+MIXERS = {"gla": GatedLinearAttention, "swa": SlidingWindowAttention}
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block: x + mixer(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        norm = functools.partial(nnx.RMSNorm, cfg.d_model, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+        self.mixer_norm, self.mlp_norm = norm(), norm()
+        self.mixer = MIXERS[cfg.mixer](cfg, rngs=rngs)
+        self.mlp = GatedMLP(cfg, rngs=rngs)
+        self.dropout_rate = cfg.dropout
+        self.compute_dtype = jnp.dtype(cfg.compute_dtype)
+
+    def __call__(self, x, state, dropout_key=None):
+        keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
+        h, state = self.mixer(self.mixer_norm(x).astype(self.compute_dtype), state)
+        x = x + dropout(h.astype(x.dtype), self.dropout_rate, keys[0])
+        h = self.mlp(self.mlp_norm(x).astype(self.compute_dtype))
+        x = x + dropout(h.astype(x.dtype), self.dropout_rate, keys[1])
+        return x, state

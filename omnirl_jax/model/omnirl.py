@@ -1,0 +1,87 @@
+"""The OmniRL model: a step's five tokens, a causal GLA (or sliding-window) backbone, three heads.
+
+Token order per step t: prompt, observation, tag, behaviour action, reward (each embedding plus a
+token-type embedding; the reward through a linear map of the scalar). The policy head reads the
+observation token (it has seen the prompt and the observation, not the action); the next-state
+and reward heads read the action token (they have seen the action, not the reward).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from omnirl_jax.config import TOKENS_PER_STEP, ModelConfig
+from omnirl_jax.data.schema import TAGS
+from omnirl_jax.model.layers import Block
+
+OBS_TOKEN, ACTION_TOKEN = 1, 3
+"""Positions of the observation and action tokens within a step's token group."""
+
+
+class OmniRL(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, n_states: int, n_actions: int, rngs: nnx.Rngs):
+        d = cfg.d_model
+        embed = lambda n: nnx.Embed(n, d, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+        self.prompt_embed, self.tag_embed = embed(len(TAGS)), embed(len(TAGS))
+        self.obs_embed = embed(n_states)
+        self.action_embed = embed(n_actions + 1)  # + the null action
+        self.reward_embed = nnx.Linear(1, d, rngs=rngs)
+        self.type_embed = embed(TOKENS_PER_STEP)
+        self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+        self.final_norm = nnx.RMSNorm(d, rngs=rngs)
+        head = lambda n: nnx.Linear(d, n, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+        self.policy_head = head(n_actions)
+        self.next_state_head = head(n_states)
+        self.reward_head = head(1)
+        self.remat = cfg.remat
+
+    def init_carry(self, batch: int) -> tuple:
+        """The recurrent state of every block, for ``batch`` fresh sequences."""
+        return tuple(block.mixer.init_state(batch) for block in self.blocks)
+
+    def embed(self, batch: dict):
+        """[B, T] step fields -> [B, T * 5, d] token embeddings in step-major order."""
+        tokens = jnp.stack(
+            [
+                self.prompt_embed(batch["prompt"]),
+                self.obs_embed(batch["obs"]),
+                self.tag_embed(batch["tag"]),
+                self.action_embed(batch["action"]),
+                self.reward_embed(batch["reward"][..., None].astype(jnp.float32)),
+            ],
+            axis=2,
+        )
+        tokens = tokens + self.type_embed.embedding.value
+        b, t = batch["obs"].shape
+        return tokens.reshape(b, t * TOKENS_PER_STEP, -1)
+
+    def __call__(self, batch: dict, carry: tuple, *, dropout_key=None):
+        """Returns ({policy_logits [B,T,A], next_obs_logits [B,T,S], reward [B,T]}, new carry)."""
+        x = self.embed(batch)
+        apply = nnx.remat(Block.__call__) if self.remat else Block.__call__
+        keys = [None] * len(self.blocks) if dropout_key is None else jax.random.split(dropout_key, len(self.blocks))
+        new_carry = []
+        for block, state, key in zip(self.blocks, carry, keys):
+            x, state = apply(block, x, state, key)
+            new_carry.append(state)
+        b, t = batch["obs"].shape
+        h = self.final_norm(x).reshape(b, t, TOKENS_PER_STEP, -1)
+        h_obs, h_action = h[:, :, OBS_TOKEN], h[:, :, ACTION_TOKEN]
+        outputs = {
+            "policy_logits": self.policy_head(h_obs),
+            "next_obs_logits": self.next_state_head(h_action),
+            "reward": self.reward_head(h_action)[..., 0],
+        }
+        return outputs, tuple(new_carry)
+
+
+def reset_carry(carry: tuple, reset):
+    """Zeroes the carried state of rows where ``reset`` [B] is true (a zero state is a fresh one)."""
+
+    def zero_rows(x):
+        mask = reset.reshape((-1,) + (1,) * (x.ndim - 1))
+        return jnp.where(mask, jnp.zeros_like(x), x)
+
+    return jax.tree.map(zero_rows, carry)
