@@ -1,14 +1,34 @@
 """AnyMDP: procedurally generated tabular MDPs for in-context RL, as Gymnasium environments.
 
-``import anymdp_gym`` registers ``AnyMDP-v0``, ``AnyPOMDP-v0`` and ``GarnetMDP-v0``. The package
-needs only gymnasium, numpy and numba.
+``import anymdp_gym`` registers ``AnyMDP-v0``, ``AnyPOMDP-v0`` and ``GarnetMDP-v0`` (also
+reachable without the import as ``gym.make("anymdp_gym:AnyMDP-v0")``); each has a Numba-batched
+vector entry point, ``gym.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point")``.
+The package needs only gymnasium, numpy and numba.
 """
 
+from gymnasium.envs.registration import register, registry
+
+from anymdp_gym.env import AnyMDPEnv, AnyPOMDPEnv, GarnetMDPEnv
 from anymdp_gym.planning import policy_evaluation, value_iteration
 from anymdp_gym.sampling import add_emission, sample_garnet_task, sample_task
 from anymdp_gym.task import Task
+from anymdp_gym.vector import AnyMDPVectorEnv, AnyPOMDPVectorEnv, GarnetMDPVectorEnv
+
+for _name in ("AnyMDP", "AnyPOMDP", "GarnetMDP"):
+    if f"{_name}-v0" not in registry:  # re-imports (e.g. importlib.reload) must not warn
+        register(
+            id=f"{_name}-v0",
+            entry_point=f"anymdp_gym.env:{_name}Env",
+            vector_entry_point=f"anymdp_gym.vector:{_name}VectorEnv",
+        )
 
 __all__ = [
+    "AnyMDPEnv",
+    "AnyMDPVectorEnv",
+    "AnyPOMDPEnv",
+    "AnyPOMDPVectorEnv",
+    "GarnetMDPEnv",
+    "GarnetMDPVectorEnv",
     "Task",
     "add_emission",
     "policy_evaluation",
