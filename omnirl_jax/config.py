@@ -48,6 +48,7 @@ class DataConfig:
     seq_len: int = 2048
     """Steps per sequence."""
     workers: int = 1
+    """Background generator processes (source 'generate'); 0 generates in the trainer process."""
     generator: dict = dataclasses.field(default_factory=dict)
     """Passed through to the generator unchanged."""
 
@@ -140,7 +141,7 @@ def validate(cfg: Config) -> None:
         "model.d_model": m.d_model, "model.n_layers": m.n_layers, "model.n_heads": m.n_heads,
         "model.mlp_ratio": m.mlp_ratio, "model.chunk_size": m.chunk_size, "model.window": m.window,
         "data.n_states": d.n_states, "data.n_actions": d.n_actions, "data.seq_len": d.seq_len,
-        "data.workers": d.workers, "train.steps": t.steps, "train.batch_size": t.batch_size,
+        "train.steps": t.steps, "train.batch_size": t.batch_size,
         "train.segment_len": t.segment_len, "train.log_every": t.log_every,
         "optim.accumulate": o.accumulate, "checkpoint.every": cfg.checkpoint.every,
         "checkpoint.keep": cfg.checkpoint.keep, "mesh.model": cfg.mesh.model,
@@ -148,6 +149,8 @@ def validate(cfg: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"config key {key!r}: must be positive, got {value}")
+    if d.workers < 0:
+        raise ConfigError(f"config key 'data.workers': must be >= 0 (0 generates in the trainer process), got {d.workers}")
     if cfg.mesh.data == 0 or cfg.mesh.data < -1:
         raise ConfigError(f"config key 'mesh.data': must be positive or -1, got {cfg.mesh.data}")
     if m.d_model % m.n_heads:

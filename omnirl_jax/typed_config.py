@@ -2,7 +2,7 @@
 
 Why: a typo or a wrong type in a config should fail at start with one line that names the dotted
 key, not hours later inside a jitted function. Supported field types: nested dataclasses, ``int``,
-``float`` (ints accepted), ``bool``, ``str``, ``Literal[...]``, ``Optional[X]``, ``list[X]``,
+``float`` (ints and numeric strings such as ``2e-4`` accepted), ``bool``, ``str``, ``Literal[...]``, ``Optional[X]``, ``list[X]``,
 ``dict[str, X]`` and a bare ``dict`` (free-form, passed through unchecked).
 """
 
@@ -112,6 +112,11 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{_name(key)}: expected an integer, got {_describe(value)}")
         return value
     if tp is float:
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads 2e-4 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{_name(key)}: expected a number, got {_describe(value)}")
         return float(value)

@@ -45,11 +45,11 @@ class GatedLinearAttention(nnx.Module):
         self.out_gate = _dense(cfg, d, d, rngs)
         self.o_proj = _dense(cfg, d, d, rngs)
         self.decay_proj = _dense(cfg, d, h, rngs, use_bias=True)
-        self.decay_proj.kernel.value = self.decay_proj.kernel.value * 0.1
+        self.decay_proj.kernel[...] = self.decay_proj.kernel[...] * 0.1
         timescales = np.geomspace(*DECAY_TIMESCALES, h)
         # log_sigmoid(bias) / temperature = -1 / timescale at init.
         a = np.exp(-cfg.gate_temperature / timescales)
-        self.decay_proj.bias.value = jnp.asarray(np.log(a / (1.0 - a)), jnp.float32)
+        self.decay_proj.bias[...] = jnp.asarray(np.log(a / (1.0 - a)), jnp.float32)
         self.head_norm = nnx.RMSNorm(self.head_dim, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
 
     def init_state(self, batch: int):

@@ -53,7 +53,7 @@ class OmniRL(nnx.Module):
             ],
             axis=2,
         )
-        tokens = tokens + self.type_embed.embedding.value
+        tokens = tokens + self.type_embed.embedding[...]
         b, t = batch["obs"].shape
         return tokens.reshape(b, t * TOKENS_PER_STEP, -1)
 

@@ -1,0 +1,66 @@
+"""``omnirl-train``: train OmniRL from a YAML config; re-running with the same workdir resumes.
+
+    omnirl-train --config configs/cpu.yaml [--workdir DIR] [--set train.steps=500 model.n_layers=4]
+
+Checkpoints go to DIR/checkpoints, metrics to DIR/metrics.csv and DIR/tensorboard, the resolved
+config to DIR/config.yaml. Config and checkpoint problems end the run with a one-line error
+(exit status 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from omnirl_jax.config import load_config
+from omnirl_jax.typed_config import ConfigError
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="omnirl-train", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="YAML config file (see configs/)")
+    parser.add_argument("--workdir", help="run directory; default runs/<config name>")
+    parser.add_argument(
+        "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+        help="override a config value by dotted key (value parsed as YAML), e.g. train.steps=1000",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    workdir = Path(args.workdir or Path("runs") / Path(args.config).stem)
+    # Imported only now, so --help stays fast.
+    from omnirl_jax.checkpoint import CheckpointError
+    from omnirl_jax.sharding import initialize_distributed
+
+    try:
+        cfg = load_config(args.config, args.set)
+
+        initialize_distributed(cfg.mesh)  # before any other JAX call
+        import jax
+
+        from omnirl_jax.data.loader import make_loader
+        from omnirl_jax.train import train
+
+        if cfg.train.batch_size % jax.process_count():
+            raise ConfigError(
+                f"config key 'train.batch_size': {cfg.train.batch_size} is not divisible by the {jax.process_count()} processes"
+            )
+        # Each process loads its own rows of the global batch.
+        with make_loader(
+            cfg.data,
+            batch_size=cfg.train.batch_size // jax.process_count(),
+            segment_len=cfg.train.segment_len,
+            seed=cfg.train.seed + jax.process_index(),
+        ) as loader:
+            train(cfg, workdir, loader)
+    except (ConfigError, CheckpointError) as e:
+        print(f"omnirl-train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

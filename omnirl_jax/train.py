@@ -1,0 +1,284 @@
+"""Segment-wise (truncated BPTT) training of OmniRL on a device mesh.
+
+Each batch is one segment of ``segment_len`` steps per row. The train step zeroes the recurrent
+state of rows that start a new sequence, runs the model from the carried state, back-propagates
+within the segment only, and carries the final state (without gradient) to the next segment. So
+memory depends on the segment length, never on the sequence length.
+
+``train`` takes any iterator of schema batches with ``state()``/``restore()`` (the data loader),
+so the loop is independent of where data comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Protocol
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import yaml
+from flax import nnx
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from omnirl_jax import sharding
+from omnirl_jax.checkpoint import Checkpointer
+from omnirl_jax.config import TOKENS_PER_STEP, Config, OptimConfig
+from omnirl_jax.losses import compute_losses
+from omnirl_jax.metrics import MetricsWriter
+from omnirl_jax.model import OmniRL, reset_carry
+from omnirl_jax.typed_config import ConfigError, to_dict
+
+STEP_METRICS = ("loss", "policy_loss", "next_state_loss", "reward_loss", "policy_accuracy", "grad_norm")
+"""Metrics the train step returns (and that checkpoint.best_metric may name)."""
+
+
+class BatchSource(Protocol):
+    """What the train loop needs from a data loader (omnirl_jax.data.loader satisfies it)."""
+
+    def __next__(self) -> dict: ...
+    def state(self) -> dict: ...
+    def restore(self, state: dict) -> None: ...
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jax.Array
+    """Segment batches consumed (optimiser steps x accumulate)."""
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+    """Raw PRNG key data (uint32), so it checkpoints as a plain array."""
+    carry: Any
+    """Recurrent state per block, [global batch, ...] each, carried across segments."""
+
+
+def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+    """Linear warm-up to ``lr``, then cosine / linear decay to ``lr * end_lr_factor`` (or constant)."""
+    warmup = min(cfg.warmup_steps, total_steps)
+    decay_steps = max(total_steps - warmup, 1)
+    end = cfg.lr * cfg.end_lr_factor
+    if cfg.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(cfg.lr, decay_steps, alpha=cfg.end_lr_factor)
+    elif cfg.schedule == "linear":
+        decay = optax.linear_schedule(cfg.lr, end, decay_steps)
+    else:
+        decay = optax.constant_schedule(cfg.lr)
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """AdamW (decay on matrices only) with global-norm clipping and optional accumulation."""
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(cfg.clip_norm),
+        optax.adamw(
+            make_schedule(cfg, total_steps),
+            b1=cfg.b1,
+            b2=cfg.b2,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params),
+        ),
+    )
+    if cfg.accumulate > 1:
+        optimizer = optax.MultiSteps(optimizer, every_k_schedule=cfg.accumulate)
+    return optimizer
+
+
+def build_model(cfg: Config, rngs: nnx.Rngs) -> OmniRL:
+    return OmniRL(cfg.model, n_states=cfg.data.n_states, n_actions=cfg.data.n_actions, rngs=rngs)
+
+
+def make_loss_fn(graphdef, cfg: Config) -> Callable:
+    """(params, carry, batch, dropout_key) -> (loss, (metrics, final carry)); carry already reset."""
+
+    def loss_fn(params, carry, batch, dropout_key=None):
+        model = nnx.merge(graphdef, params)
+        outputs, carry = model(batch, carry, dropout_key=dropout_key)
+        loss, metrics = compute_losses(outputs, batch, cfg.loss, cfg.data.n_actions)
+        return loss, (metrics, carry)
+
+    return loss_fn
+
+
+def make_train_step(graphdef, optimizer: optax.GradientTransformation, cfg: Config) -> Callable:
+    """(state, batch) -> (state, metrics): one segment of truncated BPTT and an optimiser update."""
+    grad_fn = jax.value_and_grad(make_loss_fn(graphdef, cfg), has_aux=True)
+    use_dropout = cfg.model.dropout > 0.0
+
+    def train_step(state: TrainState, batch: dict):
+        rng, dropout_key = jax.random.split(jax.random.wrap_key_data(state.rng))
+        carry = reset_carry(state.carry, batch["reset"])
+        (_, (metrics, carry)), grads = grad_fn(state.params, carry, batch, dropout_key if use_dropout else None)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        metrics["grad_norm"] = optax.tree.norm(grads)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            opt_state=opt_state,
+            rng=jax.random.key_data(rng),
+            carry=jax.lax.stop_gradient(carry),
+        )
+        return new_state, metrics
+
+    return train_step
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything derived from the config and the mesh that the loop and checkpoints need."""
+
+    cfg: Config
+    mesh: jax.sharding.Mesh
+    graphdef: Any
+    optimizer: optax.GradientTransformation
+    schedule: optax.Schedule
+    shardings: TrainState
+    """NamedSharding per leaf of the train state."""
+    abstract_state: TrainState
+    """ShapeDtypeStructs with shardings: the restore target."""
+
+    @classmethod
+    def create(cls, cfg: Config, mesh: jax.sharding.Mesh) -> "Setup":
+        batch = cfg.train.batch_size
+        if batch % mesh.shape["data"]:
+            raise ConfigError(
+                f"config key 'train.batch_size': {batch} is not divisible by the data axis ({mesh.shape['data']})"
+            )
+        total_steps = cfg.train.steps
+        optimizer = make_optimizer(cfg.optim, total_steps)
+        abstract_model = nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0)))
+        graphdef, abstract_params = nnx.split(abstract_model, nnx.Param)
+        abstract = jax.eval_shape(functools.partial(_init_state, cfg, optimizer), jax.random.key(0))
+        params_sh = sharding.param_shardings(abstract_params, mesh)
+        shardings = TrainState(
+            step=sharding.replicated(mesh),
+            params=params_sh,
+            opt_state=sharding.opt_state_shardings(optimizer, abstract.opt_state, params_sh, mesh),
+            rng=sharding.replicated(mesh),
+            carry=jax.tree.map(lambda _: sharding.data_sharding(mesh), abstract.carry),
+        )
+        abstract = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+        )
+        return cls(cfg, mesh, graphdef, optimizer, make_schedule(cfg.optim, total_steps), shardings, abstract)
+
+    def init_state(self) -> TrainState:
+        """A fresh, sharded train state from ``train.seed``."""
+        init = jax.jit(functools.partial(_init_state, self.cfg, self.optimizer), out_shardings=self.shardings)
+        return init(jax.random.key(self.cfg.train.seed))
+
+    def jit_train_step(self) -> Callable:
+        return jax.jit(
+            make_train_step(self.graphdef, self.optimizer, self.cfg),
+            in_shardings=(self.shardings, sharding.data_sharding(self.mesh)),
+            out_shardings=(self.shardings, sharding.replicated(self.mesh)),
+            donate_argnums=0,
+        )
+
+
+def _init_state(cfg: Config, optimizer: optax.GradientTransformation, key) -> TrainState:
+    model_key, train_key = jax.random.split(key)
+    model = build_model(cfg, nnx.Rngs(model_key))
+    params = nnx.state(model, nnx.Param)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        rng=jax.random.key_data(train_key),
+        carry=model.init_carry(cfg.train.batch_size),
+    )
+
+
+def train(
+    cfg: Config,
+    workdir: str | Path,
+    batches: BatchSource,
+    *,
+    devices: Optional[list] = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Trains to ``cfg.train.steps`` optimiser steps, resuming from ``workdir`` if it holds a
+    checkpoint. Returns the logged metric rows of this run."""
+    workdir = Path(workdir)
+    mesh = sharding.make_mesh(cfg.mesh, devices)
+    setup = Setup.create(cfg, mesh)
+    if cfg.checkpoint.best_metric is not None and cfg.checkpoint.best_metric not in STEP_METRICS:
+        raise ConfigError(f"config key 'checkpoint.best_metric': {cfg.checkpoint.best_metric!r} is not one of {list(STEP_METRICS)}")
+    is_main = jax.process_index() == 0
+    workdir.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        (workdir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+    checkpointer = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
+    writer = None
+    try:
+        restored = checkpointer.restore(setup.abstract_state)
+        if restored is None:
+            state, start = setup.init_state(), 0
+        else:
+            state, loader_states, start = restored
+            batches.restore(loader_states["processes"][jax.process_index()])
+        writer = MetricsWriter(workdir, start, enabled=is_main)
+        return _run(setup, state, start, batches, checkpointer, writer, progress and is_main)
+    finally:
+        checkpointer.close()
+        if writer is not None:
+            writer.close()
+
+
+def _run(setup: Setup, state: TrainState, start: int, batches: BatchSource, checkpointer: Checkpointer,
+         writer: MetricsWriter, progress: bool) -> list[dict]:
+    cfg = setup.cfg
+    total, accumulate = cfg.train.steps, cfg.optim.accumulate
+    tokens_per_step = accumulate * cfg.train.batch_size * cfg.train.segment_len * TOKENS_PER_STEP
+    train_step = setup.jit_train_step()
+    history, pending, last_metrics = [], [], None
+    bar = tqdm(total=total, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
+    window_start, window_steps = time.perf_counter(), 0
+    for step in range(start + 1, total + 1):
+        for _ in range(accumulate):
+            state, metrics = train_step(state, sharding.put_batch(next(batches), setup.mesh))
+            if pending:  # at most two steps in flight, so queued batches cannot pile up in memory
+                jax.block_until_ready(pending[-1])
+            pending.append(metrics)
+        window_steps += 1
+        bar.update(1)
+        if step % cfg.train.log_every == 0 or step == total:
+            means = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(pending)).items()}
+            elapsed = time.perf_counter() - window_start
+            means["lr"] = float(setup.schedule(step - 1))  # the rate of the last update
+            means["steps_per_s"] = window_steps / elapsed
+            means["tokens_per_s"] = window_steps * tokens_per_step / elapsed
+            writer.write(step, means)
+            history.append({"step": step, **means})
+            bar.set_postfix(loss=f"{means['loss']:.4f}", tok_s=f"{means['tokens_per_s']:.3g}")
+            last_metrics, pending = means, []
+            window_start, window_steps = time.perf_counter(), 0
+        if step % cfg.checkpoint.every == 0 or step == total:
+            checkpointer.save(step, state, {"processes": _gather_loader_states(batches.state())}, last_metrics)
+    bar.close()
+    return history
+
+
+def _gather_loader_states(state: dict) -> list[dict]:
+    """Every process's loader position, in process order (each host loads its own rows, and the
+    checkpoint's JSON is written by the primary host only)."""
+    if jax.process_count() == 1:
+        return [state]
+    encoded = np.frombuffer(json.dumps(state).encode(), np.uint8)
+    sizes = multihost_utils.process_allgather(np.array([encoded.size]))
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: encoded.size] = encoded
+    rows = multihost_utils.process_allgather(padded)
+    return [json.loads(bytes(row[: int(n)]).decode()) for row, n in zip(rows, sizes.reshape(-1))]
+
+
+def _stack(metrics: list[dict]) -> dict:
+    return {k: jnp.stack([m[k] for m in metrics]) for k in metrics[0]}

@@ -1,0 +1,135 @@
+"""Checkpoints: exact resume after a crash, keep-N / best-N, clear errors that overwrite nothing."""
+
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import SyntheticBatches
+
+from omnirl_jax.checkpoint import Checkpointer, CheckpointError
+from omnirl_jax.config import CheckpointConfig, Config, MeshConfig, ModelConfig, TrainConfig
+from omnirl_jax.train import train
+
+N_STATES = 12
+
+
+def tiny_config(**checkpoint) -> Config:
+    cfg = Config(
+        model=ModelConfig(d_model=32, n_layers=2, n_heads=4, chunk_size=16),
+        train=TrainConfig(batch_size=4, segment_len=12, steps=6, log_every=1),
+        mesh=MeshConfig(data=1, model=1),
+        checkpoint=CheckpointConfig(every=3, keep=2, **checkpoint),
+    )
+    cfg.data.n_states = N_STATES
+    cfg.optim.warmup_steps = 2
+    return cfg
+
+
+def batches():
+    # 4 segments per sequence: the crash and the checkpoint at step 3 fall mid-sequence,
+    # so the carried recurrent state must be restored too.
+    return SyntheticBatches(batch_size=4, segment_len=12, seq_len=48, n_states=N_STATES)
+
+
+class CrashAfter:
+    """Yields ``n`` batches, then fails like a killed process would."""
+
+    def __init__(self, source, n):
+        self.source, self.n = source, n
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.n == 0:
+            raise RuntimeError("simulated crash")
+        self.n -= 1
+        return next(self.source)
+
+    def state(self):
+        return self.source.state()
+
+    def restore(self, state):
+        self.source.restore(state)
+
+
+def read_params(workdir: Path, step: int):
+    return Checkpointer(workdir / "checkpoints", CheckpointConfig()).manager.restore(step)
+
+
+def tree_bytes(path: Path) -> dict:
+    return {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    cfg = tiny_config()
+    devices = jax.devices()[:1]
+    straight = tmp_path_factory.mktemp("straight")
+    history = train(cfg, straight, batches(), devices=devices, progress=False)
+    resumed = tmp_path_factory.mktemp("resumed")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, resumed, CrashAfter(batches(), 4), devices=devices, progress=False)
+    resumed_history = train(cfg, resumed, batches(), devices=devices, progress=False)
+    return cfg, straight, history, resumed, resumed_history
+
+
+def test_resume_after_crash_equals_uninterrupted_run(runs):
+    _, straight, history, resumed, resumed_history = runs
+    assert [row["step"] for row in resumed_history] == [4, 5, 6]
+    for row in resumed_history:
+        assert row["loss"] == history[row["step"] - 1]["loss"]
+    a, b = read_params(straight, 6), read_params(resumed, 6)
+    for x, y in zip(jax.tree.leaves(a["state"]), jax.tree.leaves(b["state"])):
+        np.testing.assert_array_equal(x, y)
+    assert a["loader"] == b["loader"] == {"processes": [{"index": 6}]}
+    # The CSV reads as one run: the crashed run's rows after the checkpoint are replaced.
+    steps = [int(line.split(",")[0]) for line in (resumed / "metrics.csv").read_text().splitlines()[1:]]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoint_holds_train_state_and_loader_position(runs):
+    _, straight, _, _, _ = runs
+    assert sorted(int(p.name) for p in (straight / "checkpoints").iterdir() if p.name.isdigit()) == [3, 6]
+    restored = read_params(straight, 3)
+    state = restored["state"]
+    assert set(state) == {"step", "params", "opt_state", "rng", "carry"}
+    assert int(state["step"]) == 3 and restored["loader"] == {"processes": [{"index": 3}]}
+    assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(state["carry"]))
+
+
+def test_corrupt_checkpoint_gives_one_line_error_and_is_left_alone(runs, tmp_path):
+    cfg, straight, _, _, _ = runs
+    workdir = tmp_path / "run"
+    shutil.copytree(straight, workdir)
+    for f in (workdir / "checkpoints" / "6" / "state").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"garbage")
+    before = tree_bytes(workdir / "checkpoints")
+    with pytest.raises(CheckpointError) as err:
+        train(cfg, workdir, batches(), devices=jax.devices()[:1], progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "checkpoints/6" in message
+    assert tree_bytes(workdir / "checkpoints") == before
+
+
+def test_missing_checkpoint_step_gives_one_line_error(runs):
+    _, straight, _, _, _ = runs
+    cfg = tiny_config(restore_step=5)
+    with pytest.raises(CheckpointError, match=r"no checkpoint for step 5 .*available: \[3, 6\]"):
+        train(cfg, straight, batches(), devices=jax.devices()[:1], progress=False)
+
+
+def test_keep_newest_and_best_by_metric(tmp_path):
+    state = {"w": jnp.arange(3.0)}
+    newest = Checkpointer(tmp_path / "newest", CheckpointConfig(keep=2, async_save=False))
+    best = Checkpointer(tmp_path / "best", CheckpointConfig(keep=1, best_metric="loss", async_save=False))
+    for step, loss in [(1, 0.5), (2, 0.1), (3, 0.9), (4, 0.7)]:
+        newest.save(step, state, {"i": step}, {"loss": loss})
+        best.save(step, state, {"i": step}, {"loss": loss})
+    newest.close(), best.close()
+    assert newest.all_steps() == [3, 4]
+    assert best.all_steps() == [2, 4]  # the best, and the newest (needed to resume)

@@ -1,0 +1,104 @@
+"""Typed config loading: the shipped configs load; bad keys and values fail with one line."""
+
+import dataclasses
+from pathlib import Path
+from typing import Literal, Optional
+
+import pytest
+
+from omnirl_jax.config import Config, load_config
+from omnirl_jax.typed_config import ConfigError, apply_overrides, from_dict
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu", "tpu"])
+def test_shipped_configs_load(name):
+    cfg = load_config(str(CONFIGS / f"{name}.yaml"))
+    assert isinstance(cfg, Config)
+
+
+def test_tpu_config_is_paper_scale():
+    cfg = load_config(str(CONFIGS / "tpu.yaml"))
+    assert cfg.data.seq_len == 524288 and cfg.train.segment_len == 4096
+    assert (cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads) == (18, 512, 8)
+    assert cfg.mesh.data * cfg.mesh.model == 32 and cfg.train.batch_size % cfg.mesh.data == 0
+    assert (cfg.loss.policy, cfg.loss.next_state, cfg.loss.reward) == (0.2, 0.4, 0.4)
+
+
+@dataclasses.dataclass
+class Inner:
+    rate: float = 0.5
+    kind: Literal["a", "b"] = "a"
+    tags: list[str] = dataclasses.field(default_factory=list)
+    limit: Optional[int] = None
+
+
+@dataclasses.dataclass
+class Outer:
+    name: str
+    inner: Inner = dataclasses.field(default_factory=Inner)
+    scales: dict[str, float] = dataclasses.field(default_factory=dict)
+    extra: dict = dataclasses.field(default_factory=dict)
+    flag: bool = False
+
+
+def test_generic_types():
+    cfg = from_dict(Outer, {"name": "x", "inner": {"rate": 2, "kind": "b", "tags": ["p"], "limit": 3},
+                            "scales": {"u": 1}, "extra": {"any": [1, {"thing": None}]}, "flag": True})
+    assert cfg.inner == Inner(rate=2.0, kind="b", tags=["p"], limit=3)
+    assert isinstance(cfg.inner.rate, float) and cfg.scales == {"u": 1.0}
+    assert cfg.extra == {"any": [1, {"thing": None}]}
+    assert from_dict(Outer, {"name": "y", "inner": {"limit": None}}).inner.limit is None
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"name": "x", "inner": {"rat": 1}}, "unknown config key 'inner.rat'"),
+        ({"name": "x", "inner": {"rate": "fast"}}, "'inner.rate': expected a number, got str 'fast'"),
+        ({"name": "x", "inner": {"kind": "c"}}, "'inner.kind': 'c' is not one of ['a', 'b']"),
+        ({"name": "x", "inner": {"tags": ["p", 3]}}, "'inner.tags[1]': expected a string"),
+        ({"name": "x", "inner": {"limit": 1.5}}, "'inner.limit': expected an integer"),
+        ({"name": "x", "flag": 1}, "'flag': expected true/false"),
+        ({"name": "x", "scales": {"u": "big"}}, "'scales.u': expected a number"),
+        ({"name": "x", "inner": 3}, "'inner': expected a section"),
+        ({}, "missing required config key 'name'"),
+    ],
+)
+def test_errors_name_the_dotted_key(data, message):
+    with pytest.raises(ConfigError) as err:
+        from_dict(Outer, data)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  n_layers: 2\ntrain:\n  steps: 10\n")
+    cfg = load_config(str(path), ["model.n_layers=3", "optim.lr=2e-4", "data.generator.max_states=[16, 32]",
+                                  "checkpoint.best_metric=loss", "model.mixer=swa"])
+    assert cfg.model.n_layers == 3 and cfg.optim.lr == 2e-4 and cfg.train.steps == 10
+    assert cfg.data.generator == {"max_states": [16, 32]} and cfg.checkpoint.best_metric == "loss"
+    raw = {"a": {"b": 1}}
+    assert apply_overrides(raw, ["a.c=x"]) == {"a": {"b": 1, "c": "x"}} and raw == {"a": {"b": 1}}
+    for bad, message in [
+        ("model.n_layer=3", "unknown config key 'model.n_layer'"),
+        ("train.steps=many", "'train.steps': expected an integer"),
+        ("train.steps", "must look like dotted.key=value"),
+        ("train.steps.x=1", "train.steps is not a section"),
+        ("model.d_model=30", "'model.d_model': 30 is not divisible by model.n_heads=4"),
+        ("data.source=shards", "'data.path': required"),
+    ]:
+        with pytest.raises(ConfigError, match=None) as err:
+            load_config(str(path), [bad])
+        assert message in str(err.value), (bad, str(err.value))
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as err:
+        load_config(str(bad))
+    assert "\n" not in str(err.value)

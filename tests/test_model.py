@@ -1,0 +1,109 @@
+"""The OmniRL model: output shapes, causality of the token layout, segment-wise equivalence."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import random_batch
+from flax import nnx
+
+from omnirl_jax.config import ModelConfig
+from omnirl_jax.model import OmniRL, reset_carry
+
+N_STATES, N_ACTIONS = 12, 5
+
+
+def make_model(**overrides):
+    cfg = ModelConfig(**{"d_model": 32, "n_layers": 2, "n_heads": 4, "chunk_size": 16, "window": 20, **overrides})
+    return OmniRL(cfg, n_states=N_STATES, n_actions=N_ACTIONS, rngs=nnx.Rngs(0))
+
+
+def model_inputs(batch):
+    return {k: jnp.asarray(batch[k]) for k in ("obs", "action", "reward", "prompt", "tag")}
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return model_inputs(random_batch(np.random.default_rng(0), batch_size=2, segment_len=24, n_states=N_STATES))
+
+
+@pytest.fixture(scope="module", params=["gla", "swa"])
+def forward(request):
+    model = make_model(mixer=request.param)
+    graphdef, params = nnx.split(model)
+
+    @jax.jit
+    def apply(params, inputs, carry):
+        return nnx.merge(graphdef, params)(inputs, carry)
+
+    return model, lambda inputs, carry: apply(params, inputs, carry)
+
+
+def test_output_shapes_and_dtypes(forward, batch):
+    model, run = forward
+    out, carry = run(batch, model.init_carry(2))
+    assert out["policy_logits"].shape == (2, 24, N_ACTIONS)
+    assert out["next_obs_logits"].shape == (2, 24, N_STATES)
+    assert out["reward"].shape == (2, 24)
+    assert jax.tree.structure(carry) == jax.tree.structure(model.init_carry(2))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(carry))
+
+
+def test_heads_see_only_what_they_should(forward, batch):
+    model, run = forward
+    carry = model.init_carry(2)
+    base, _ = run(batch, carry)
+    t = 10
+    # The action at t reaches the world-model heads at t but not the policy at t.
+    changed = dict(batch, action=batch["action"].at[:, t].set((batch["action"][:, t] + 1) % N_ACTIONS))
+    out, _ = run(changed, carry)
+    np.testing.assert_allclose(out["policy_logits"][:, : t + 1], base["policy_logits"][:, : t + 1], atol=1e-6)
+    assert not np.allclose(out["reward"][:, t], base["reward"][:, t])
+    # The reward at t reaches no head at t (nor before).
+    changed = dict(batch, reward=batch["reward"].at[:, t].add(5.0))
+    out, _ = run(changed, carry)
+    for name in base:
+        np.testing.assert_allclose(out[name][:, : t + 1], base[name][:, : t + 1], atol=1e-6)
+    assert not np.allclose(out["policy_logits"][:, t + 1], base["policy_logits"][:, t + 1])
+    # The observation at t reaches the policy at t.
+    changed = dict(batch, obs=batch["obs"].at[:, t].set((batch["obs"][:, t] + 1) % N_STATES))
+    out, _ = run(changed, carry)
+    assert not np.allclose(out["policy_logits"][:, t], base["policy_logits"][:, t])
+
+
+def test_segments_with_carry_equal_one_pass(forward, batch):
+    model, run = forward
+    whole, whole_carry = run(batch, model.init_carry(2))
+    carry, parts = model.init_carry(2), []
+    for lo, hi in [(0, 8), (8, 24)]:
+        out, carry = run({k: v[:, lo:hi] for k, v in batch.items()}, carry)
+        parts.append(out)
+    for name in whole:
+        np.testing.assert_allclose(jnp.concatenate([p[name] for p in parts], axis=1), whole[name], rtol=1e-5, atol=1e-5)
+    for got, want in zip(jax.tree.leaves(carry), jax.tree.leaves(whole_carry)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_reset_carry_zeroes_only_reset_rows(forward, batch):
+    model, run = forward
+    _, carry = run(batch, model.init_carry(2))
+    reset = reset_carry(carry, jnp.array([True, False]))
+    for before, after in zip(jax.tree.leaves(carry), jax.tree.leaves(reset)):
+        assert not np.any(after[0])
+        np.testing.assert_array_equal(after[1], before[1])
+
+
+def test_remat_and_bf16_compute():
+    inputs = model_inputs(random_batch(np.random.default_rng(1), batch_size=2, segment_len=16, n_states=N_STATES))
+
+    def loss(model):
+        out, _ = model(inputs, model.init_carry(2))
+        return jnp.mean(out["reward"] ** 2) + jnp.mean(out["policy_logits"] ** 2)
+
+    grads = [nnx.jit(nnx.grad(loss))(make_model(remat=remat, n_layers=1)) for remat in (True, False)]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    bf16 = make_model(compute_dtype="bfloat16", n_layers=1)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
+    out, carry = nnx.jit(lambda m: m(inputs, m.init_carry(2)))(bf16)
+    assert np.all(np.isfinite(out["policy_logits"])) and carry[0].dtype == jnp.float32
