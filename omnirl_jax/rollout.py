@@ -1,0 +1,206 @@
+"""Fast rollouts: the model (or a fixed behaviour policy) and ``env_jax`` stepped together in one
+``jax.lax.scan``, over a batch of tasks.
+
+The model is stepped with its recurrent state, never re-reading its context. For step ``t`` of
+the online loop:
+
+1. if the previous action ended an episode by termination, the terminal observation is fed as
+   its own record (null action, reward 0, the last tag), as in the training data
+   (``omnirl_jax.data.schema``); a truncated episode gets no such record;
+2. the model is called on a one-step batch holding the real prompt, observation and tag and
+   placeholders for action and reward (the null action and 0). The policy head reads the
+   observation token, which comes before the action and reward tokens, so the placeholders
+   cannot leak into the logits; the carry of this call is discarded;
+3. an action is drawn from the logits (masked to the task's actions), the env steps;
+4. the model is called again on the real step (prompt, observation, tag, action, reward) to
+   advance the carry.
+
+So one step costs three model calls at most, and memory does not grow with the number of steps.
+Table policies with epsilon noise (the random and oracle baselines, the behaviour policies of the
+offline and imitation contexts) run through ``table_rollout`` and ``behaviour_records``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from omnirl_jax import env_jax
+from omnirl_jax.data.schema import TAG_ID
+
+PROMPT = TAG_ID["opt3"]
+"""Prompt of every evaluation step: ask for the policy the model was distilled from (opt3)."""
+
+_MASKED = -1e9
+
+
+class Records(NamedTuple):
+    """``[B, T]`` step records in the schema's layout, plus what a learner needs to update."""
+
+    obs: jax.Array
+    action: jax.Array
+    reward: jax.Array
+    tag: jax.Array
+    next_obs: jax.Array  # observation the action led to (meaningless on terminal records)
+    terminated: jax.Array
+    truncated: jax.Array
+
+    def model_batch(self) -> dict:
+        return {"prompt": jnp.full_like(self.obs, PROMPT), "obs": self.obs, "tag": self.tag,
+                "action": self.action, "reward": self.reward}
+
+
+class Trajectory(NamedTuple):
+    """``[B, T]`` per interaction step (terminal records are not interaction steps)."""
+
+    obs: jax.Array
+    action: jax.Array
+    reward: jax.Array
+    next_obs: jax.Array
+    terminated: jax.Array
+    truncated: jax.Array
+
+    @property
+    def done(self):
+        """The step ended an episode."""
+        return self.terminated | self.truncated
+
+
+def sample_action(key, logits, action_mask, temperature: float):
+    """An action from ``logits`` restricted to ``action_mask``; greedy when ``temperature == 0``."""
+    logits = jnp.where(action_mask, logits, _MASKED)
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(key, logits / temperature).astype(jnp.int32)
+
+
+class ModelRunner:
+    """Steps a restored OmniRL model on a batch of tasks (module doc).
+
+    ``graphdef`` must be built with ``remat=False`` (``nnx.remat`` cannot run inside the loop's
+    ``lax.cond``); for GLA, ``chunk_size = TOKENS_PER_STEP`` makes a one-step call pad nothing
+    (``evaluate.load_model`` builds it so)."""
+
+    def __init__(self, graphdef: Any, params: Any, n_actions: int):
+        self.graphdef, self.params, self.n_actions = graphdef, params, n_actions
+        self._prefill = jax.jit(self._prefill_impl)
+        self._rollout = jax.jit(self._rollout_impl, static_argnames=("n_steps", "temperature"))
+
+    def _apply(self, params, batch, carry):
+        return nnx.merge(self.graphdef, params)(batch, carry)
+
+    def init_carry(self, batch: int):
+        return nnx.merge(self.graphdef, self.params).init_carry(batch)
+
+    def prefill(self, carry, records: Records):
+        """The carry after reading a context of records (one pass over the whole context)."""
+        return self._prefill(self.params, carry, records.model_batch())
+
+    def _prefill_impl(self, params, carry, batch):
+        return self._apply(params, batch, carry)[1]
+
+    def rollout(self, carry, env_params: env_jax.EnvParams, key, *, n_steps: int, tag: int,
+                temperature: float = 1.0) -> tuple[Trajectory, Any]:
+        """``n_steps`` interaction steps on every task of ``env_params`` (a fresh episode each),
+        the model's own steps tagged ``tag``. Returns the trajectory and the final carry."""
+        return self._rollout(self.params, carry, env_params, key, jnp.int32(tag), n_steps=n_steps,
+                             temperature=float(temperature))
+
+    def _rollout_impl(self, params, carry, env_params, key, tag, *, n_steps, temperature):
+        batch_size = env_params.max_steps.shape[0]
+        key, k_reset = jax.random.split(key)
+        env = env_jax.reset_batch(env_params, jax.random.split(k_reset, batch_size))
+        null = jnp.full((batch_size, 1), self.n_actions, jnp.int32)
+        tags = jnp.full((batch_size, 1), tag, jnp.int32)
+        prompts = jnp.full((batch_size, 1), PROMPT, jnp.int32)
+        zeros = jnp.zeros((batch_size, 1), jnp.float32)
+
+        def one_step(obs, action, reward):
+            return {"prompt": prompts, "obs": obs[:, None], "tag": tags, "action": action, "reward": reward}
+
+        def feed_terminal(carry, pending, terminal_obs):
+            _, advanced = self._apply(params, one_step(terminal_obs, null, zeros), carry)
+            mask = lambda x: pending.reshape((-1,) + (1,) * (x.ndim - 1))
+            return jax.tree.map(lambda new, old: jnp.where(mask(new), new, old), advanced, carry)
+
+        def body(state, key):
+            carry, env, pending, terminal_obs = state
+            carry = jax.lax.cond(jnp.any(pending), feed_terminal, lambda c, *_: c, carry, pending, terminal_obs)
+            outputs, _ = self._apply(params, one_step(env.obs, null, zeros), carry)
+            k_act, k_env = jax.random.split(key)
+            action = sample_action(k_act, outputs["policy_logits"][:, 0], env_params.action_mask, temperature)
+            obs = env.obs
+            env, out = env_jax.step_batch(env_params, env, action, jax.random.split(k_env, batch_size))
+            _, carry = self._apply(params, one_step(obs, action[:, None], out.reward[:, None]), carry)
+            return (carry, env, out.terminated, out.next_obs), Trajectory(obs, action, out.reward, out.next_obs, out.terminated, out.truncated)
+
+        init = (carry, env, jnp.zeros(batch_size, bool), env.obs)
+        (carry, *_), traj = jax.lax.scan(body, init, jax.random.split(key, n_steps))
+        return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), traj), carry
+
+
+def _table_action(params: env_jax.EnvParams, greedy, eps, greedy_tag, obs, key):
+    """Epsilon-greedy over a table: ``(action, tag)``; a random action is tagged ``rnd``."""
+    k_eps, k_rand = jax.random.split(key)
+    explore = jax.random.uniform(k_eps) < eps
+    random = jax.random.categorical(k_rand, jnp.where(params.action_mask, 0.0, _MASKED)).astype(jnp.int32)
+    action = jnp.where(explore, random, greedy[obs]).astype(jnp.int32)
+    return action, jnp.where(explore, TAG_ID["rnd"], greedy_tag).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("n_steps",))
+def table_rollout(env_params: env_jax.EnvParams, greedy, eps, key, *, n_steps: int) -> Trajectory:
+    """``n_steps`` interaction steps per task of an epsilon-greedy table policy (``greedy
+    [B, n_obs]`` action per observation id, noise ``eps [B]``): the random and oracle baselines."""
+
+    def one_task(params, greedy, eps, key):
+        key, k_reset = jax.random.split(key)
+
+        def body(env, key):
+            k_act, k_env = jax.random.split(key)
+            action, _ = _table_action(params, greedy, eps, 0, env.obs, k_act)
+            new_env, out = env_jax.step(params, env, action, k_env)
+            return new_env, Trajectory(env.obs, action, out.reward, out.next_obs, out.terminated, out.truncated)
+
+        return jax.lax.scan(body, env_jax.reset(params, k_reset), jax.random.split(key, n_steps))[1]
+
+    return jax.vmap(one_task)(env_params, greedy, eps, jax.random.split(key, greedy.shape[0]))
+
+
+@functools.partial(jax.jit, static_argnames=("n_records",))
+def behaviour_records(env_params: env_jax.EnvParams, greedy, eps, greedy_tag, key, *, n_records: int) -> Records:
+    """``n_records`` schema records per task of an epsilon-greedy table policy: the context of the
+    offline and imitation modes.
+
+    As ``table_rollout``; a random step is tagged ``rnd``, a greedy one ``greedy_tag [B]`` (so a
+    noisy oracle is tagged as the generator tags it). Episodes run back to back from a fresh
+    reset, each terminal observation recorded with the null action as in the training data.
+    """
+    null = env_params.action_mask.shape[-1]
+
+    def one_task(params, greedy, eps, greedy_tag, key):
+        key, k_reset = jax.random.split(key)
+
+        def body(state, key):
+            env, pending, terminal_obs, last_tag = state
+            k_act, k_env = jax.random.split(key)
+            action, tag = _table_action(params, greedy, eps, greedy_tag, env.obs, k_act)
+            new_env, out = env_jax.step(params, env, action, k_env)
+            acted = Records(env.obs, action, out.reward, tag, out.next_obs, out.terminated, out.truncated)
+            terminal = Records(terminal_obs, jnp.int32(null), jnp.float32(0.0), last_tag, terminal_obs,
+                               jnp.bool_(False), jnp.bool_(False))
+            record = jax.tree.map(lambda t, a: jnp.where(pending, t, a), terminal, acted)
+            env = jax.tree.map(lambda old, new: jnp.where(pending, old, new), env, new_env)
+            state = (env, ~pending & out.terminated, jnp.where(pending, terminal_obs, out.next_obs),
+                     jnp.where(pending, last_tag, tag))
+            return state, record
+
+        env = env_jax.reset(params, k_reset)
+        init = (env, jnp.bool_(False), env.obs, jnp.int32(TAG_ID["unk"]))
+        return jax.lax.scan(body, init, jax.random.split(key, n_records))[1]
+
+    return jax.vmap(one_task)(env_params, greedy, eps, greedy_tag, jax.random.split(key, greedy.shape[0]))

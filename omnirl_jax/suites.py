@@ -1,0 +1,88 @@
+"""Suites of held-out evaluation tasks, each fully determined by its definition here.
+
+A suite names a task family, sizes, how many tasks, where their seeds come from, and the budget
+(interaction steps per task and mode, the width of the steps window that a curve point averages
+over, the context length of the offline and imitation modes).
+
+Held-out seeds: AnyMDP and GARNET task ``i`` of a suite is drawn from
+``np.random.SeedSequence([EVAL_SEED, n_states, first_task + i])``. Training data draws task ``j``
+from ``SeedSequence([seed, j])`` (``omnirl_jax.data.generate``), so the two never meet as long as
+the data seed is not ``EVAL_SEED``.
+Gymnasium tasks are fixed; a suite plays ``n_tasks`` relabellings of each (``gym_adapter``), with
+relabelling seeds ``SeedSequence([EVAL_SEED, i])``.
+
+Windows are at least as long as the longest episode of the family (AnyMDP: ``max_steps`` is at
+most ``max(min(8 S, 500), 4 S + 1)``), so every window of every task holds an episode end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import numpy as np
+
+from anymdp_gym.sampling import sample_garnet_task, sample_task
+from anymdp_gym.task import Task
+from omnirl_jax.gym_adapter import GYM_TASKS, gym_size, task_from_gym
+
+EVAL_SEED = 0x0E7A1
+"""Entropy word reserved for evaluation tasks; never use it as a training data seed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    name: str
+    family: Literal["anymdp", "garnet", "gym"]
+    n_states: int = 16
+    """States (and observation ids) of AnyMDP / GARNET tasks; unused by ``gym``."""
+    n_actions: int = 5
+    n_tasks: int = 64
+    """Tasks (AnyMDP / GARNET), or relabellings of each Gymnasium task."""
+    first_task: int = 0
+    steps: int = 4096
+    """Interaction steps per task in each mode (model and baselines alike)."""
+    window: int = 512
+    """Steps per curve point: the mean return of the episodes that end inside the window."""
+    context_steps: int = 2048
+    """Records of behaviour shown before acting in the offline and imitation modes."""
+    gym_tasks: tuple[str, ...] = ()
+
+    def groups(self) -> list[str]:
+        """The task groups reported separately: one per Gymnasium task, else the suite itself."""
+        return list(self.gym_tasks) if self.family == "gym" else [self.name]
+
+    def group_size(self, group: str) -> tuple[int, int]:
+        """``(observation ids needed, actions needed)`` by a group's tasks."""
+        return gym_size(group) if self.family == "gym" else (self.n_states, self.n_actions)
+
+    def tasks(self, group: str, n_obs: int, n_tasks: int | None = None) -> list[Task]:
+        """The group's tasks, their observation ids in ``[0, n_obs)``."""
+        count = self.n_tasks if n_tasks is None else n_tasks
+        ids = range(self.first_task, self.first_task + count)
+        if self.family == "gym":
+            env_id, kwargs = GYM_TASKS[group]
+            return [task_from_gym(env_id, n_obs, seed=np.random.SeedSequence([EVAL_SEED, i]), **kwargs) for i in ids]
+        rngs = [np.random.default_rng(np.random.SeedSequence([EVAL_SEED, self.n_states, i])) for i in ids]
+        if self.family == "garnet":
+            return [sample_garnet_task(self.n_states, self.n_actions, seed=rng) for rng in rngs]
+        return [sample_task(self.n_states, self.n_actions, seed=rng) for rng in rngs]
+
+
+SUITES: dict[str, Suite] = {
+    s.name: s
+    for s in (
+        Suite("anymdp-16", "anymdp", n_states=16, steps=4096, window=512, context_steps=2048),
+        Suite("anymdp-32", "anymdp", n_states=32, steps=8192, window=1024, context_steps=4096),
+        Suite("anymdp-64", "anymdp", n_states=64, steps=16384, window=2048, context_steps=8192, n_tasks=32),
+        Suite("anymdp-128", "anymdp", n_states=128, steps=32768, window=4096, context_steps=16384, n_tasks=32),
+        Suite("garnet-16", "garnet", n_states=16, steps=4096, window=512, context_steps=2048),
+        Suite("gym", "gym", n_tasks=16, steps=8192, window=1024, context_steps=4096, gym_tasks=tuple(GYM_TASKS)),
+    )
+}
+
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r} (known: {', '.join(SUITES)})")
+    return SUITES[name]

@@ -1,0 +1,84 @@
+"""omnirl-eval: scoring arithmetic, one-line errors for bad checkpoints, and one small end-to-end
+run that writes the CSV and PNG reports."""
+
+import csv
+
+import jax
+import numpy as np
+import pytest
+import yaml
+
+from omnirl_jax import sharding
+from omnirl_jax.baselines import normalise
+from omnirl_jax.checkpoint import Checkpointer
+from omnirl_jax.config import CheckpointConfig, Config, DataConfig, MeshConfig, ModelConfig, TrainConfig
+from omnirl_jax.evaluate import main, run, window_returns
+from omnirl_jax.train import Setup
+from omnirl_jax.typed_config import to_dict
+
+
+def test_window_returns_average_complete_episodes():
+    reward = np.array([[1, 1, 1, 5, 0, 2, 2, 7]], np.float32)
+    done = np.array([[0, 1, 0, 1, 0, 0, 0, 0]], bool)  # episodes end at steps 1 and 3; the last is cut off
+    np.testing.assert_allclose(window_returns(reward, done, 2), [[2, 6, np.nan, np.nan]])
+    np.testing.assert_allclose(window_returns(reward, done, 4), [[4, np.nan]])
+
+
+def test_normalise_maps_random_to_zero_and_oracle_to_one():
+    r_rand, r_orc = np.array([-2.0, 1.0, 3.0]), np.array([2.0, 3.0, 3.0])
+    out = normalise(np.stack([r_rand, r_orc, (r_rand + r_orc) / 2], axis=1), r_rand, r_orc)
+    np.testing.assert_allclose(out[:2], [[0, 1, 0.5], [0, 1, 0.5]])
+    assert np.all(np.isnan(out[2]))  # no gap between oracle and random: not normalisable
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A training workdir holding one freshly initialised checkpoint of a tiny model."""
+    path = tmp_path_factory.mktemp("run")
+    cfg = Config(model=ModelConfig(d_model=16, n_layers=1, n_heads=2, remat=False),
+                 data=DataConfig(n_states=16, n_actions=5), mesh=MeshConfig(data=1, model=1),
+                 checkpoint=CheckpointConfig(async_save=False), train=TrainConfig(batch_size=1))
+    setup = Setup.create(cfg, sharding.make_mesh(cfg.mesh, jax.devices()[:1]))
+    checkpointer = Checkpointer(path / "checkpoints", cfg.checkpoint)
+    checkpointer.save(1, setup.init_state(), {"index": 0})
+    checkpointer.close()
+    (path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
+
+
+def _one_line_error(capsys, argv, match):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("omnirl-eval: error:") and match in err, err
+
+
+def test_missing_or_mismatched_checkpoint_fails_with_one_line(workdir, tmp_path, capsys):
+    _one_line_error(capsys, ["--checkpoint", str(tmp_path / "nope"), "--suite", "anymdp-16"], "does not exist")
+    _one_line_error(capsys, ["--checkpoint", str(tmp_path), "--suite", "anymdp-16"], "no config.yaml")
+    (tmp_path / "config.yaml").write_text((workdir / "config.yaml").read_text())
+    _one_line_error(capsys, ["--checkpoint", str(tmp_path), "--suite", "anymdp-16"], "no checkpoint")
+    mismatched = tmp_path / "mismatched"
+    mismatched.mkdir()
+    (mismatched / "checkpoints").symlink_to(workdir / "checkpoints")
+    raw = yaml.safe_load((workdir / "config.yaml").read_text())
+    raw["model"]["d_model"] = 32
+    (mismatched / "config.yaml").write_text(yaml.safe_dump(raw))
+    _one_line_error(capsys, ["--checkpoint", str(mismatched), "--suite", "anymdp-16"], "does not match")
+    _one_line_error(capsys, ["--checkpoint", str(workdir), "--suite", "anymdp-64"], "fits the model")
+    _one_line_error(capsys, ["--checkpoint", str(workdir), "--suite", "nosuch"], "unknown suite")
+
+
+def test_end_to_end_writes_reports(workdir, tmp_path):
+    out = tmp_path / "eval"
+    results = run(str(workdir), ["anymdp-16"], modes=["online", "offline"], out=out, n_tasks=3, steps=256,
+                  window=128, context_steps=64, log=lambda *_: None)
+    agents = {"model", "random", "oracle", "q_learning", "model_based"}
+    assert {(r.mode, r.agent) for r in results} == {(m, a) for m in ("online", "offline") for a in agents}
+    scores = {(r.mode, r.agent): np.nanmean(r.scores) for r in results}
+    assert abs(scores["online", "oracle"] - 1) < 0.3 and abs(scores["online", "random"]) < 0.3
+    assert all(np.isfinite(v) for v in scores.values())
+    with open(out / "curves.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 5 * 2 and {r["step"] for r in rows} == {"128", "256"}
+    assert (out / "summary.csv").is_file()
+    assert (out / "anymdp-16_online.png").stat().st_size > 0 and (out / "anymdp-16_offline.png").is_file()

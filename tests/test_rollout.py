@@ -1,0 +1,100 @@
+"""Rollouts: schema of behaviour records, table baselines against exact returns, and the model
+stepped with its recurrent state against one pass over the records it produced."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from anymdp_gym import sample_task
+from omnirl_jax import env_jax
+from omnirl_jax.baselines import oracle_table, reference_returns, table_baseline
+from omnirl_jax.config import TOKENS_PER_STEP, ModelConfig
+from omnirl_jax.data.schema import TAG_ID
+from omnirl_jax.evaluate import window_returns
+from omnirl_jax.model import OmniRL
+from omnirl_jax.rollout import PROMPT, ModelRunner, behaviour_records
+
+N_STATES, N_ACTIONS = 16, 5
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    """Tasks with pitfalls that short random play reaches, so episodes end both ways."""
+    found = [t for t in (sample_task(N_STATES, N_ACTIONS, seed=s) for s in range(60))
+             if t.terminal[:6].any() and t.max_steps <= 110]
+    assert len(found) >= 2
+    return found[:2]
+
+
+def test_behaviour_records_follow_the_schema(tasks):
+    params = env_jax.from_tasks(tasks, N_ACTIONS)
+    greedy = np.stack([oracle_table(t, N_STATES) for t in tasks])
+    rec = jax.device_get(behaviour_records(params, greedy, np.array([1.0, 0.3], np.float32),
+                                           np.full(2, TAG_ID["opt3"], np.int32), jax.random.key(0), n_records=3000))
+    for i, task in enumerate(tasks):
+        null = rec.action[i] == N_ACTIONS
+        after_terminal = np.concatenate([[False], rec.terminated[i][:-1]])
+        np.testing.assert_array_equal(null, after_terminal)  # a terminal record exactly after each termination
+        assert null.sum() > 0
+        np.testing.assert_array_equal(rec.obs[i][1:][rec.terminated[i][:-1]], rec.next_obs[i][:-1][rec.terminated[i][:-1]])
+        assert np.all(rec.reward[i][null] == 0) and np.all(rec.tag[i][1:][null[1:]] == rec.tag[i][:-1][null[1:]])
+        starts = task.state_mapping[task.start_states]
+        resets = np.concatenate([[True], (null | rec.truncated[i])[:-1]])  # a new episode starts here
+        assert np.all(np.isin(rec.obs[i][resets & ~null], starts))
+        moved = ~null[:-1] & ~rec.truncated[i][:-1] & ~rec.terminated[i][:-1]
+        np.testing.assert_array_equal(rec.obs[i][1:][moved], rec.next_obs[i][:-1][moved])
+    assert rec.truncated.any()
+    assert set(np.unique(rec.tag[0][rec.action[0] < N_ACTIONS])) == {TAG_ID["rnd"]}  # eps = 1
+    assert set(np.unique(rec.tag[1])) == {TAG_ID["rnd"], TAG_ID["opt3"]}
+
+
+def test_table_baselines_match_exact_returns(tasks):
+    params = env_jax.from_tasks(tasks, N_ACTIONS)
+    for name, column in (("random", 0), ("oracle", 1)):
+        traj = jax.device_get(table_baseline(name, tasks, params, N_STATES, jax.random.key(1), 20_000))
+        measured = np.nanmean(window_returns(traj.reward, traj.done, 20_000), axis=1)
+        for task, value in zip(tasks, measured):
+            exact = reference_returns(task)[column]
+            scale = np.abs(task.reward).max() * task.max_steps
+            assert abs(value - exact) < 0.05 * scale, (name, value, exact)
+
+
+def _records_of(traj, i: int, tag: int) -> dict:
+    """The record sequence the online loop fed for task ``i``: each step, then a terminal record
+    after a termination (fed just before the next step, so none after the last step)."""
+    rows = []
+    for t in range(traj.obs.shape[1]):
+        rows.append((traj.obs[i, t], traj.action[i, t], traj.reward[i, t]))
+        if traj.terminated[i, t] and t + 1 < traj.obs.shape[1]:
+            rows.append((traj.next_obs[i, t], N_ACTIONS, 0.0))
+    obs, action, reward = (np.array(c) for c in zip(*rows))
+    return {"prompt": np.full_like(obs, PROMPT), "obs": obs, "tag": np.full_like(obs, tag), "action": action,
+            "reward": reward.astype(np.float32)}
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_model_stepping_equals_one_pass(tasks, temperature):
+    cfg = ModelConfig(d_model=16, n_layers=2, n_heads=2, chunk_size=TOKENS_PER_STEP, remat=False)
+    graphdef, params = nnx.split(OmniRL(cfg, n_states=N_STATES, n_actions=N_ACTIONS, rngs=nnx.Rngs(0)), nnx.Param)
+    runner = ModelRunner(graphdef, params, N_ACTIONS)
+    env_params = env_jax.from_tasks(tasks, N_ACTIONS)
+    tag = TAG_ID["unk"]
+    traj, carry = runner.rollout(runner.init_carry(2), env_params, jax.random.key(2), n_steps=200, tag=tag,
+                                 temperature=temperature)
+    traj = jax.device_get(traj)
+    if temperature > 0:
+        assert traj.terminated.any()  # terminal records are exercised
+    one_pass_fn = jax.jit(lambda batch: nnx.merge(graphdef, params)(batch, runner.init_carry(1)))
+    for i in range(2):
+        batch = {k: jnp.asarray(v)[None] for k, v in _records_of(traj, i, tag).items()}
+        out, one_pass = one_pass_fn(batch)
+        for mine, ref in zip(jax.tree.leaves(carry), jax.tree.leaves(one_pass)):
+            np.testing.assert_allclose(np.asarray(mine)[i], np.asarray(ref)[0], rtol=1e-4, atol=1e-5)
+        if temperature == 0.0:
+            acting = np.asarray(batch["action"][0]) < N_ACTIONS
+            logits = np.asarray(out["policy_logits"][0])[acting]
+            top2 = np.sort(logits, axis=1)[:, -2:]
+            clear = top2[:, 1] - top2[:, 0] > 1e-4
+            np.testing.assert_array_equal(logits.argmax(axis=1)[clear], traj.action[i][clear])
