@@ -102,6 +102,18 @@ def draw_task_and_stream(
     return task, seed_streams(rng, 1)
 
 
+def check_reset_options(options: Optional[dict], sampler: Optional[TaskSampler]) -> dict:
+    """``options`` of a reset (``{}`` for None), checked: only ``task`` and ``new_task``, and
+    ``new_task`` only where the env samples its tasks. Shared by the single and the batched env."""
+    options = options or {}
+    unknown = set(options) - {"task", "new_task"}
+    if unknown:
+        raise ValueError(f"unknown reset options {sorted(unknown)}; known: 'task', 'new_task'")
+    if options.get("new_task") and sampler is None:
+        raise ValueError("new_task: this env plays the fixed task given at construction")
+    return options
+
+
 def _sample_pomdp(n_obs: Optional[int], seed: np.random.Generator, **kwargs) -> Task:
     return add_emission(sample_task(seed=seed, **kwargs), n_obs, seed=seed)
 
@@ -198,12 +210,7 @@ class AnyMDPEnv(gym.Env):
 
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
         super().reset(seed=seed)
-        options = options or {}
-        unknown = set(options) - {"task", "new_task"}
-        if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}; known: 'task', 'new_task'")
-        if options.get("new_task") and self._sampler is None:
-            raise ValueError("new_task: this env plays the fixed task given at construction")
+        options = check_reset_options(options, self._sampler)
         given = None if options.get("task") is None else as_task(options["task"])
         if seed is not None or self._rng is None:
             drawn, self._rng = draw_task_and_stream(self.np_random, self._sampler, self._sampler is not None and given is None)

@@ -29,7 +29,9 @@ from gymnasium.vector.utils import batch_space
 
 from anymdp_gym import render
 from anymdp_gym.dynamics import compile_tasks, reset_batch, step_batch
-from anymdp_gym.env import AnyMDPEnv, AnyPOMDPEnv, GarnetMDPEnv, as_task, draw_task_and_stream, oracle_values
+from anymdp_gym.env import (
+    AnyMDPEnv, AnyPOMDPEnv, GarnetMDPEnv, as_task, check_reset_options, draw_task_and_stream, oracle_values,
+)
 from anymdp_gym.task import Task
 
 
@@ -81,12 +83,7 @@ class AnyMDPVectorEnv(VectorEnv):
         return [as_task(given)] * self.num_envs
 
     def reset(self, *, seed: Union[None, int, Sequence[Optional[int]]] = None, options: Optional[dict] = None):
-        options = options or {}
-        unknown = set(options) - {"task", "new_task"}
-        if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}; known: 'task', 'new_task'")
-        if options.get("new_task") and self._sampler is None:
-            raise ValueError("new_task: this env plays the fixed task given at construction")
+        options = check_reset_options(options, self._sampler)
         given = None if options.get("task") is None else self._given_tasks(options["task"])
         if seed is not None or not self._gens:
             if seed is None or isinstance(seed, (int, np.integer)):

@@ -31,8 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
+from gymnasium.vector import SyncVectorEnv
 from numba import njit
+
+import anymdp_gym  # noqa: F401  (registers the env ids)
 
 from anymdp_gym.dynamics import compile_tasks, reset_env, seed_streams, step_env, uniform
 from anymdp_gym.sampling import sample_task
@@ -83,53 +87,31 @@ def bench_batched(tasks: list, n_steps: int) -> float:
     return n_envs * n_steps / (time.perf_counter() - t)
 
 
-def bench_vector_env(tasks: list, n_steps: int):
-    """steps/s of ``gym.make_vec(..., "vector_entry_point")`` playing ``tasks``, or None if it is
-    not available (reported, not fatal: the rest of the benchmark still runs)."""
-    import gymnasium as gym
-
-    n_envs = len(tasks)
-    try:
-        import anymdp_gym  # noqa: F401  (registers the ids)
-
-        env = gym.make_vec("AnyMDP-v0", num_envs=n_envs, vectorization_mode="vector_entry_point",
-                           n_states=tasks[0].n_obs, n_actions=N_ACTIONS)
-        env.reset(seed=0, options={"task": tasks})
-    except Exception as e:
-        print(f"  (vector env unavailable: {type(e).__name__}: {e})")
-        return None
-    rng = np.random.default_rng(0)
-    actions = rng.integers(0, N_ACTIONS, size=(n_steps + 1, n_envs))
+def vector_steps_per_s(env, n_steps: int) -> float:
+    """Env-steps/s of a reset Gymnasium vector env under random actions (first step untimed)."""
+    actions = np.random.default_rng(0).integers(0, N_ACTIONS, size=(n_steps + 1, env.num_envs))
     env.step(actions[0])
     t = time.perf_counter()
     for a in actions[1:]:
         env.step(a)
-    rate = n_envs * n_steps / (time.perf_counter() - t)
+    rate = env.num_envs * n_steps / (time.perf_counter() - t)
     env.close()
     return rate
 
 
-def bench_sync_vector(n_envs: int, n_states: int, n_steps: int):
-    import gymnasium as gym
-    from gymnasium.vector import SyncVectorEnv
+def bench_vector_env(tasks: list, n_steps: int) -> float:
+    """``gym.make_vec(..., vectorization_mode="vector_entry_point")`` playing ``tasks``."""
+    env = gym.make_vec("AnyMDP-v0", num_envs=len(tasks), vectorization_mode="vector_entry_point",
+                       n_states=tasks[0].n_obs, n_actions=N_ACTIONS)
+    env.reset(seed=0, options={"task": tasks})
+    return vector_steps_per_s(env, n_steps)
 
-    try:
-        import anymdp_gym  # noqa: F401
 
-        env = SyncVectorEnv([lambda: gym.make("AnyMDP-v0", n_states=n_states, n_actions=N_ACTIONS)] * n_envs)
-        env.reset(seed=0)
-    except Exception as e:
-        print(f"  (SyncVectorEnv of AnyMDP-v0 unavailable: {type(e).__name__}: {e})")
-        return None
-    rng = np.random.default_rng(0)
-    actions = rng.integers(0, N_ACTIONS, size=(n_steps + 1, n_envs))
-    env.step(actions[0])
-    t = time.perf_counter()
-    for a in actions[1:]:
-        env.step(a)
-    rate = n_envs * n_steps / (time.perf_counter() - t)
-    env.close()
-    return rate
+def bench_sync_vector(n_envs: int, n_states: int, n_steps: int) -> float:
+    """``gymnasium.vector.SyncVectorEnv`` over ``n_envs`` single ``AnyMDP-v0`` envs."""
+    env = SyncVectorEnv([lambda: gym.make("AnyMDP-v0", n_states=n_states, n_actions=N_ACTIONS)] * n_envs)
+    env.reset(seed=0)
+    return vector_steps_per_s(env, n_steps)
 
 
 def _generate(n_states: int, seq_len: int, ids: list) -> int:
@@ -170,8 +152,8 @@ def bench_cli(n_states: int, seq_len: int, num_sequences: int, workers: int) -> 
         return num_sequences * seq_len / (time.perf_counter() - t)
 
 
-def fmt(rate) -> str:
-    return "n/a" if rate is None else f"{rate / 1e6:8.2f} M"
+def fmt(rate: float) -> str:
+    return f"{rate / 1e6:8.2f} M"
 
 
 def main() -> None:
@@ -196,7 +178,7 @@ def main() -> None:
             tasks = tiled_tasks(n, s)
             loop = bench_batched(tasks, args.env_steps)
             vec = bench_vector_env(tasks, max(20, args.env_steps // 4))
-            ratio = f"{vec / sync[s]:8.0f}x" if vec and sync[s] else "n/a"
+            ratio = f"{vec / sync[s]:8.0f}x"
             print(f"{n:>6} {s:>5} {fmt(loop):>12} {fmt(vec):>12} {fmt(sync[s]):>12} {ratio:>9}", flush=True)
 
     print(f"\n3. labelled generator steps/s (seq_len {args.gen_seq_len}, {args.gen_sequences} sequences per process)")

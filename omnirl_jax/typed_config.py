@@ -27,8 +27,8 @@ def from_dict(cls: type[T], data: Any, key: str = "") -> T:
     return _convert(cls, data, key)
 
 
-def load_yaml(cls: type[T], path: str, overrides: typing.Sequence[str] = ()) -> T:
-    """Reads a YAML file, applies ``key=value`` overrides and builds ``cls`` from it."""
+def read_mapping(path: str) -> dict:
+    """The top-level mapping of a YAML file (empty file: ``{}``); a one-line ConfigError otherwise."""
     try:
         with open(path) as f:
             raw = yaml.safe_load(f)
@@ -39,7 +39,12 @@ def load_yaml(cls: type[T], path: str, overrides: typing.Sequence[str] = ()) -> 
     raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return from_dict(cls, apply_overrides(raw, overrides))
+    return raw
+
+
+def load_yaml(cls: type[T], path: str, overrides: typing.Sequence[str] = ()) -> T:
+    """Reads a YAML file, applies ``key=value`` overrides and builds ``cls`` from it."""
+    return from_dict(cls, apply_overrides(read_mapping(path), overrides))
 
 
 def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict:

@@ -9,6 +9,8 @@ import atexit
 import os
 import shutil
 import tempfile
+import time
+from pathlib import Path
 
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"]
@@ -109,3 +111,32 @@ def random_batch(rng: np.random.Generator, *, batch_size: int, segment_len: int,
     batch["offset"] = np.full(batch_size, offset, np.int64)
     batch["reset"] = np.full(batch_size, offset == 0, np.bool_)
     return batch
+
+
+def processes_with(token: str) -> list[int]:
+    """Live processes whose environment holds ``token`` (a killed parent's workers inherit it)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and token.encode() in (proc / "environ").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
+def kill_and_reap(proc, token: str) -> list[int]:
+    """SIGKILLs ``proc`` (a ``subprocess.Popen``) and returns the processes carrying ``token`` still alive 10 s later
+    (its orphaned workers, if they do not notice); kills those too, so no test leaves any."""
+    proc.kill()  # SIGKILL; a no-op if it already ended
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while processes_with(token) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    survivors = processes_with(token)
+    for pid in survivors:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return survivors

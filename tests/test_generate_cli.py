@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import kill_and_reap
 
 from omnirl_jax.data import shards
 from omnirl_jax.data.cli import main
@@ -97,18 +97,6 @@ def test_resume_redoes_corrupt_and_partial_shards_and_verify_reports(tmp_path, c
     assert shards.load_manifest(out)["shards"] == records
 
 
-def processes_with(token: str) -> list[int]:
-    """Live processes whose environment holds ``token`` (a killed run's workers inherit it)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and token.encode() in (proc / "environ").read_bytes():
-                found.append(int(proc.name))
-        except OSError:
-            pass
-    return found
-
-
 def test_sigkill_mid_run_then_rerun_completes_the_set(tmp_path):
     """Kill the CLI (2 workers) once its first shard is recorded; its workers exit; a re-run
     finishes the set with every checksum valid, each sequence id exactly once, and the bytes of
@@ -130,19 +118,9 @@ def test_sigkill_mid_run_then_rerun_completes_the_set(tmp_path):
                 pass
             time.sleep(0.01)
         assert proc.poll() is None, "finished before it could be killed: make the run longer"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        deadline = time.monotonic() + 10
-        while processes_with(token) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not processes_with(token), "workers outlived their killed parent"
+        assert not kill_and_reap(proc, token), "workers outlived their killed parent"
     finally:
-        for pid in [proc.pid, *processes_with(token)]:  # only what this test started
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
+        kill_and_reap(proc, token)
     done_at_kill = len(shards.load_manifest(out)["shards"])
     assert 1 <= done_at_kill < n
     assert not shards.verify(out).ok

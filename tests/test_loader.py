@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import kill_and_reap, processes_with
 
 from omnirl_jax.config import DataConfig
 from omnirl_jax.data import shards
@@ -179,18 +179,6 @@ def test_generate_loader_config_errors():
         make_loader(DataConfig(source="ftp"), batch_size=BATCH, segment_len=SEGMENT, seed=0)
 
 
-def processes_with(token: str) -> list[int]:
-    """Live processes whose environment holds ``token`` (a killed trainer's workers inherit it)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and token.encode() in (proc / "environ").read_bytes():
-                found.append(int(proc.name))
-        except OSError:
-            pass
-    return found
-
-
 def test_workers_exit_when_the_trainer_is_killed():
     script = (
         "from omnirl_jax.config import DataConfig\n"
@@ -207,16 +195,6 @@ def test_workers_exit_when_the_trainer_is_killed():
     try:
         assert proc.stdout.readline().strip() == "ready"
         assert len(processes_with(token)) >= 3  # the trainer, its two workers (and the resource tracker)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        deadline = time.monotonic() + 10
-        while processes_with(token) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not processes_with(token), "data workers outlived the killed trainer"
+        assert not kill_and_reap(proc, token), "data workers outlived the killed trainer"
     finally:
-        for pid in [proc.pid, *processes_with(token)]:  # only what this test started
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proc.wait()
+        kill_and_reap(proc, token)

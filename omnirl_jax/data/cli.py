@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from omnirl_jax.data import shards
+from omnirl_jax.typed_config import read_mapping
 
 CHUNK_STEPS = 8192
 """Steps per generator call: bounds a worker's memory to one chunk of its rows."""
@@ -57,27 +58,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _read_yaml(path: str) -> dict:
-    """Generator fields from a YAML mapping (``generator_config`` rejects unknown keys)."""
-    import yaml
-
-    try:
-        with open(path) as f:
-            raw = yaml.safe_load(f)
-    except OSError as e:
-        raise ValueError(f"cannot read --config {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"--config {path} is not valid YAML: {' '.join(str(e).split())}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"--config {path} must hold a mapping of generator fields")
-    return raw
-
-
 def build_spec(args: argparse.Namespace) -> shards.DatasetSpec:
     """The data set the arguments describe, validated (one-line ``ValueError`` otherwise)."""
-    fields = _read_yaml(args.config) if args.config else {}
+    fields = read_mapping(args.config) if args.config else {}
     for key in ("n_states", "n_actions", "seq_len"):
         if getattr(args, key) is not None:
             fields[key] = getattr(args, key)
