@@ -8,6 +8,7 @@ the real data loader.
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path

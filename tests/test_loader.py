@@ -183,7 +183,8 @@ def test_workers_exit_when_the_trainer_is_killed():
     script = (
         "from omnirl_jax.config import DataConfig\n"
         "from omnirl_jax.data.loader import make_loader\n"
-        "loader = make_loader(DataConfig(n_states=16, seq_len=1200, workers=2), batch_size=2, segment_len=300, seed=0)\n"
+        # Segments larger than a pipe buffer (64 KiB), so each worker's queue holds unflushed data.
+        "loader = make_loader(DataConfig(n_states=16, seq_len=16384, workers=2), batch_size=2, segment_len=8192, seed=0)\n"
         "next(loader)\n"
         "print('ready', flush=True)\n"
         "import time; time.sleep(600)\n"

@@ -234,6 +234,9 @@ def _worker_main(config, seed, batch_size, rows, segment_len, start_batch, out: 
         for item in _segments(config, seed, batch_size, rows, segment_len, start_batch):
             while True:
                 if os.getppid() != parent_pid:
+                    # Nobody will read what the queue still buffers; exit without flushing it
+                    # (its feeder thread would otherwise block the exit forever on a full pipe).
+                    out.cancel_join_thread()
                     return
                 try:
                     out.put(item, timeout=1.0)
