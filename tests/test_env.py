@@ -194,8 +194,9 @@ def test_pickled_env_continues_identically():
 
 
 def test_async_vector_env_runs_the_env():
-    fns = [lambda: gym.make("AnyMDP-v0", n_states=16) for _ in range(2)]
-    envs = gym.vector.AsyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+    fns = [lambda: gym.make("anymdp_gym:AnyMDP-v0", n_states=16) for _ in range(2)]  # a fresh process registers on import
+    # spawn, not fork: the test process may have JAX (multithreaded) loaded by other tests
+    envs = gym.vector.AsyncVectorEnv(fns, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP, context="spawn")
     try:
         obs, _ = envs.reset(seed=[5, 6])
         out = envs.step(np.array([1, 2]))
