@@ -124,6 +124,13 @@ def _check_positive_ints(**values) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def _band_reaches(min_forward, min_backward, max_forward, max_backward) -> dict:
+    """The AnyMDP band-reach arguments, checked, as keyword arguments of ``sample_task``."""
+    reaches = dict(min_forward=min_forward, min_backward=min_backward, max_forward=max_forward, max_backward=max_backward)
+    _check_positive_ints(**reaches)
+    return reaches
+
+
 def _bind(dispatcher, *args) -> Callable:
     """The compiled entry point of ``dispatcher`` for exactly these argument types.
 
@@ -165,15 +172,10 @@ class AnyMDPEnv(gym.Env):
         max_forward: Optional[int] = None,
         max_backward: Optional[int] = None,
     ):
-        _check_positive_ints(
-            min_forward=min_forward, min_backward=min_backward, max_forward=max_forward, max_backward=max_backward
-        )
+        reaches = _band_reaches(min_forward, min_backward, max_forward, max_backward)
         task = None if task is None else as_task(task)
         n_states, n_actions = _sizes(task, n_states, n_actions, min_states)
-        sampler = functools.partial(
-            sample_task, n_states, n_actions, min_states=min_states, min_forward=min_forward,
-            min_backward=min_backward, max_forward=max_forward, max_backward=max_backward,
-        )
+        sampler = functools.partial(sample_task, n_states, n_actions, min_states=min_states, **reaches)
         self._setup(sampler, task, n_states if task is None else task.n_obs, n_actions, render_mode)
 
     def _setup(self, sampler: TaskSampler, task: Optional[Task], n_obs: int, n_actions: int, render_mode) -> None:
@@ -280,18 +282,15 @@ class AnyPOMDPEnv(AnyMDPEnv):
         max_forward: Optional[int] = None,
         max_backward: Optional[int] = None,
     ):
-        _check_positive_ints(
-            n_obs=n_obs, min_forward=min_forward, min_backward=min_backward, max_forward=max_forward,
-            max_backward=max_backward,
-        )
+        _check_positive_ints(n_obs=n_obs)
+        reaches = _band_reaches(min_forward, min_backward, max_forward, max_backward)
         task = None if task is None else as_task(task)
         n_states, n_actions = _sizes(task, n_states, n_actions, min_states)
         if task is not None and n_obs is not None and n_obs != task.n_obs:
             raise ValueError(f"n_obs={n_obs} contradicts the given task's n_obs={task.n_obs}")
         n_obs = (n_states if n_obs is None else n_obs) if task is None else task.n_obs
         sampler = functools.partial(
-            _sample_pomdp, n_obs, n_states=n_states, n_actions=n_actions, min_states=min_states,
-            min_forward=min_forward, min_backward=min_backward, max_forward=max_forward, max_backward=max_backward,
+            _sample_pomdp, n_obs, n_states=n_states, n_actions=n_actions, min_states=min_states, **reaches
         )
         self._setup(sampler, task, n_obs, n_actions, render_mode)
 
