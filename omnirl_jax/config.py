@@ -22,7 +22,21 @@ class ModelConfig:
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 4
+    head_dim: int = 0
+    """Width of each head's queries, keys and values; 0 means ``d_model // n_heads``. Why apart from
+    ``d_model``: a GLA head's memory is a ``head_dim x head_dim`` matrix, and recalling what followed
+    each of the ``S * A`` state-action pairs of a task needs about that many near-orthogonal keys."""
     mlp_ratio: int = 4
+    pair_embed: bool = False
+    """Add to the action token its step's observation embedding and an embedding of the
+    (observation, action) pair. Why: recalling what was done in a state, and what an action did
+    there, is keyed on the observation and on the pair; with the observation's own embedding at
+    both tokens a query from a later observation token matches it without first aligning two
+    tables, and a sum of separate embeddings cannot represent the pair's conjunction."""
+    token_conv: int = 0
+    """Taps of a causal depthwise convolution over the token embeddings (0: none). Why: with
+    ``TOKENS_PER_STEP + 3`` taps every token also sees the fields of its own and the previous step
+    (the next observation sits beside the pair that led to it), a shift GLA must otherwise learn."""
     chunk_size: int = 64
     """GLA chunk length in tokens: parallel inside a chunk, recurrent across chunks."""
     gate_temperature: float = 16.0
@@ -153,7 +167,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'data.workers': must be >= 0 (0 generates in the trainer process), got {d.workers}")
     if cfg.mesh.data == 0 or cfg.mesh.data < -1:
         raise ConfigError(f"config key 'mesh.data': must be positive or -1, got {cfg.mesh.data}")
-    if m.d_model % m.n_heads:
+    if m.token_conv < 0:
+        raise ConfigError(f"config key 'model.token_conv': must be >= 0 (0: none), got {m.token_conv}")
+    if m.head_dim < 0:
+        raise ConfigError(f"config key 'model.head_dim': must be >= 0 (0: d_model // n_heads), got {m.head_dim}")
+    if m.head_dim == 0 and m.d_model % m.n_heads:
         raise ConfigError(f"config key 'model.d_model': {m.d_model} is not divisible by model.n_heads={m.n_heads}")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"config key 'model.dropout': must be in [0, 1), got {m.dropout}")

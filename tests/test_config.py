@@ -88,10 +88,14 @@ def test_overrides(tmp_path):
         ("train.steps.x=1", "train.steps is not a section"),
         ("model.d_model=30", "'model.d_model': 30 is not divisible by model.n_heads=4"),
         ("data.source=shards", "'data.path': required"),
+        ("model.head_dim=-1", "'model.head_dim': must be >= 0"),
+        ("model.token_conv=-2", "'model.token_conv': must be >= 0"),
     ]:
         with pytest.raises(ConfigError, match=None) as err:
             load_config(str(path), [bad])
         assert message in str(err.value), (bad, str(err.value))
+    # With an explicit head width, d_model need not divide by the head count.
+    assert load_config(str(path), ["model.d_model=30", "model.head_dim=8"]).model.head_dim == 8
 
 
 def test_unreadable_files(tmp_path):

@@ -27,9 +27,19 @@ def batch():
     return model_inputs(random_batch(np.random.default_rng(0), batch_size=2, segment_len=24, n_states=N_STATES))
 
 
-@pytest.fixture(scope="module", params=["gla", "swa"])
+VARIANTS = {
+    "gla": {"mixer": "gla"},
+    "swa": {"mixer": "swa"},
+    # Pair embedding, token convolution and a head width apart from d_model / n_heads.
+    "gla-pair-conv": {"mixer": "gla", "pair_embed": True, "token_conv": 8, "head_dim": 12},
+}
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
 def forward(request):
-    model = make_model(mixer=request.param)
+    model = make_model(**VARIANTS[request.param])
+    if model.token_conv is not None:  # zero at init (identity): give it weights that mix tokens
+        model.token_conv.weight[...] = jax.random.normal(jax.random.key(1), model.token_conv.weight.shape)
     graphdef, params = nnx.split(model)
 
     @jax.jit
@@ -107,3 +117,20 @@ def test_remat_and_bf16_compute():
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(bf16, nnx.Param)))
     out, carry = nnx.jit(lambda m: m(inputs, m.init_carry(2)))(bf16)
     assert np.all(np.isfinite(out["policy_logits"])) and carry[0].dtype == jnp.float32
+
+
+def test_token_conv_is_a_causal_depthwise_convolution():
+    from omnirl_jax.model.layers import TokenConv
+
+    conv = TokenConv(3, taps=4)
+    w = np.random.default_rng(0).normal(size=(3, 3)).astype(np.float32)
+    conv.weight[...] = jnp.asarray(w)
+    x = np.random.default_rng(1).normal(size=(2, 7, 3)).astype(np.float32)
+    expected = x.copy()
+    for t in range(7):
+        for j in range(1, 4):
+            if t - j >= 0:
+                expected[:, t] += w[j - 1] * x[:, t - j]
+    y, state = conv(jnp.asarray(x), conv.init_state(2))
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(state, x[:, -3:])

@@ -22,6 +22,11 @@ DECAY_TIMESCALES = (4.0, 4096.0)
 so some heads remember the last step and others whole episodes."""
 
 
+def head_width(cfg: ModelConfig) -> int:
+    """Per-head query/key/value width (``ModelConfig.head_dim``, 0 meaning ``d_model // n_heads``)."""
+    return cfg.head_dim or cfg.d_model // cfg.n_heads
+
+
 def _dense(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, use_bias: bool = False) -> nnx.Linear:
     return nnx.Linear(d_in, d_out, use_bias=use_bias, dtype=cfg.compute_dtype, param_dtype=jnp.float32, rngs=rngs)
 
@@ -39,11 +44,12 @@ class GatedLinearAttention(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, h = cfg.d_model, cfg.n_heads
-        self.n_heads, self.head_dim = h, d // h
+        self.n_heads, self.head_dim = h, head_width(cfg)
+        inner = h * self.head_dim
         self.chunk_size, self.gate_temperature = cfg.chunk_size, cfg.gate_temperature
-        self.q_proj, self.k_proj, self.v_proj = (_dense(cfg, d, d, rngs) for _ in range(3))
-        self.out_gate = _dense(cfg, d, d, rngs)
-        self.o_proj = _dense(cfg, d, d, rngs)
+        self.q_proj, self.k_proj, self.v_proj = (_dense(cfg, d, inner, rngs) for _ in range(3))
+        self.out_gate = _dense(cfg, d, inner, rngs)
+        self.o_proj = _dense(cfg, inner, d, rngs)
         self.decay_proj = _dense(cfg, d, h, rngs, use_bias=True)
         self.decay_proj.kernel[...] = self.decay_proj.kernel[...] * 0.1
         timescales = np.geomspace(*DECAY_TIMESCALES, h)
@@ -56,13 +62,13 @@ class GatedLinearAttention(nnx.Module):
         return jnp.zeros((batch, self.n_heads, self.head_dim, self.head_dim), jnp.float32)
 
     def __call__(self, x, state):
-        batch, length, d = x.shape
+        batch, length, _ = x.shape
         heads = lambda y: y.reshape(batch, length, self.n_heads, self.head_dim)
         q = heads(self.q_proj(x)) * self.head_dim**-0.5
         k, v = heads(self.k_proj(x)), heads(self.v_proj(x))
         log_decay = jax.nn.log_sigmoid(self.decay_proj(x).astype(jnp.float32)) / self.gate_temperature
         out, state = gla_chunked(q, k, v, log_decay, state, self.chunk_size)
-        out = self.head_norm(out).reshape(batch, length, d).astype(x.dtype)
+        out = self.head_norm(out).reshape(batch, length, -1).astype(x.dtype)
         return self.o_proj(out * jax.nn.silu(self.out_gate(x))), state
 
 
@@ -71,19 +77,39 @@ class SlidingWindowAttention(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         d, h = cfg.d_model, cfg.n_heads
-        self.n_heads, self.head_dim, self.window = h, d // h, cfg.window
-        self.q_proj, self.k_proj, self.v_proj = (_dense(cfg, d, d, rngs) for _ in range(3))
-        self.o_proj = _dense(cfg, d, d, rngs)
+        self.n_heads, self.head_dim, self.window = h, head_width(cfg), cfg.window
+        inner = h * self.head_dim
+        self.q_proj, self.k_proj, self.v_proj = (_dense(cfg, d, inner, rngs) for _ in range(3))
+        self.o_proj = _dense(cfg, inner, d, rngs)
 
     def init_state(self, batch: int):
         return init_cache(batch, self.window, self.n_heads, self.head_dim)
 
     def __call__(self, x, state):
-        batch, length, d = x.shape
+        batch, length, _ = x.shape
         heads = lambda y: y.reshape(batch, length, self.n_heads, self.head_dim)
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         out, state = sliding_window_attention(q, k, v, state, self.window)
-        return self.o_proj(out.reshape(batch, length, d).astype(x.dtype)), state
+        return self.o_proj(out.reshape(batch, length, -1).astype(x.dtype)), state
+
+
+class TokenConv(nnx.Module):
+    """Causal depthwise convolution over token embeddings, ``y_t = x_t + sum_j w_j * x_{t-j}``
+    for ``j = 1 .. taps - 1``. The weights start at zero (identity); the state is the last
+    ``taps - 1`` inputs, so segment-by-segment and token-by-token calls equal one long pass."""
+
+    def __init__(self, d: int, taps: int):
+        self.weight = nnx.Param(jnp.zeros((taps - 1, d), jnp.float32))
+
+    def init_state(self, batch: int):
+        return jnp.zeros((batch,) + self.weight.shape, jnp.float32)
+
+    def __call__(self, x, state):
+        lag, length = self.weight.shape[0], x.shape[1]
+        full = jnp.concatenate([state, x.astype(jnp.float32)], axis=1)
+        w = self.weight[...]
+        y = x + sum(w[j - 1] * full[:, lag - j : lag - j + length] for j in range(1, lag + 1))
+        return y.astype(x.dtype), full[:, length:]
 
 
 class GatedMLP(nnx.Module):

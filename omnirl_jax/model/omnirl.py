@@ -1,7 +1,10 @@
 """The OmniRL model: a step's five tokens, a causal GLA (or sliding-window) backbone, three heads.
 
 Token order per step t: prompt, observation, tag, behaviour action, reward (each embedding plus a
-token-type embedding; the reward through a linear map of the scalar). The policy head reads the
+token-type embedding; the reward through a linear map of the scalar; optionally the action token
+also carries its step's observation, through the observation embedding and an embedding of the
+(observation, action) pair, and a causal convolution mixes neighbouring tokens:
+``ModelConfig.pair_embed``, ``token_conv``). The policy head reads the
 observation token (it has seen the prompt and the observation, not the action); the next-state
 and reward heads read the action token (they have seen the action, not the reward).
 """
@@ -14,7 +17,7 @@ from flax import nnx
 
 from omnirl_jax.config import TOKENS_PER_STEP, ModelConfig
 from omnirl_jax.data.schema import TAGS
-from omnirl_jax.model.layers import Block
+from omnirl_jax.model.layers import Block, TokenConv
 
 OBS_TOKEN, ACTION_TOKEN = 1, 3
 """Positions of the observation and action tokens within a step's token group."""
@@ -29,6 +32,8 @@ class OmniRL(nnx.Module):
         self.action_embed = embed(n_actions + 1)  # + the null action
         self.reward_embed = nnx.Linear(1, d, rngs=rngs)
         self.type_embed = embed(TOKENS_PER_STEP)
+        self.pair_embed = embed(n_states * (n_actions + 1)) if cfg.pair_embed else None
+        self.token_conv = TokenConv(d, cfg.token_conv) if cfg.token_conv > 1 else None
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
         self.final_norm = nnx.RMSNorm(d, rngs=rngs)
         head = lambda n: nnx.Linear(d, n, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
@@ -38,17 +43,24 @@ class OmniRL(nnx.Module):
         self.remat = cfg.remat
 
     def init_carry(self, batch: int) -> tuple:
-        """The recurrent state of every block, for ``batch`` fresh sequences."""
-        return tuple(block.mixer.init_state(batch) for block in self.blocks)
+        """The recurrent state of every block (then of the token convolution, if any), for
+        ``batch`` fresh sequences."""
+        conv = () if self.token_conv is None else (self.token_conv.init_state(batch),)
+        return tuple(block.mixer.init_state(batch) for block in self.blocks) + conv
 
     def embed(self, batch: dict):
         """[B, T] step fields -> [B, T * 5, d] token embeddings in step-major order."""
+        action = self.action_embed(batch["action"])
+        if self.pair_embed is not None:
+            n_action_ids = self.action_embed.num_embeddings
+            pair = batch["obs"] * n_action_ids + batch["action"]
+            action = action + self.obs_embed(batch["obs"]) + self.pair_embed(pair)
         tokens = jnp.stack(
             [
                 self.prompt_embed(batch["prompt"]),
                 self.obs_embed(batch["obs"]),
                 self.tag_embed(batch["tag"]),
-                self.action_embed(batch["action"]),
+                action,
                 self.reward_embed(batch["reward"][..., None].astype(jnp.float32)),
             ],
             axis=2,
@@ -60,12 +72,16 @@ class OmniRL(nnx.Module):
     def __call__(self, batch: dict, carry: tuple, *, dropout_key=None):
         """Returns ({policy_logits [B,T,A], next_obs_logits [B,T,S], reward [B,T]}, new carry)."""
         x = self.embed(batch)
+        new_carry = []
+        if self.token_conv is not None:
+            x, conv_state = self.token_conv(x, carry[-1])
         apply = nnx.remat(Block.__call__) if self.remat else Block.__call__
         keys = [None] * len(self.blocks) if dropout_key is None else jax.random.split(dropout_key, len(self.blocks))
-        new_carry = []
         for block, state, key in zip(self.blocks, carry, keys):
             x, state = apply(block, x, state, key)
             new_carry.append(state)
+        if self.token_conv is not None:
+            new_carry.append(conv_state)
         b, t = batch["obs"].shape
         h = self.final_norm(x).reshape(b, t, TOKENS_PER_STEP, -1)
         h_obs, h_action = h[:, :, OBS_TOKEN], h[:, :, ACTION_TOKEN]
