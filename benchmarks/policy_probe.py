@@ -20,11 +20,10 @@ whether the mechanism the policy needs is learnable by the model of the config, 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from omnirl_jax import sharding
@@ -81,10 +80,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=150, help="optimiser steps per target")
     parser.add_argument("--tail", type=int, default=30, help="final steps averaged in the report")
     args = parser.parse_args(argv)
-    probe_overrides = PROBE_OVERRIDES + [f"train.steps={args.steps}"]
-    cfg = load_config(args.config, probe_overrides + args.set)
+    cfg = load_config(args.config, PROBE_OVERRIDES + [f"train.steps={args.steps}"] + args.set)
     # One segment per sequence: every batch starts fresh sequences, so the carry is always reset.
-    cfg = load_config(args.config, probe_overrides + [f"data.seq_len={cfg.train.segment_len}"] + args.set)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=cfg.train.segment_len))
     for target in args.targets.split(","):
         if target not in TARGETS:
             parser.error(f"unknown target {target!r} (known: {', '.join(TARGETS)})")

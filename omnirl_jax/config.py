@@ -34,7 +34,7 @@ class ModelConfig:
     both tokens a query from a later observation token matches it without first aligning two
     tables, and a sum of separate embeddings cannot represent the pair's conjunction."""
     token_conv: int = 0
-    """Taps of a causal depthwise convolution over the token embeddings (0: none). Why: with
+    """Taps of a causal depthwise convolution over the token embeddings (0 or 1: none). Why: with
     ``TOKENS_PER_STEP + 3`` taps every token also sees the fields of its own and the previous step
     (the next observation sits beside the pair that led to it), a shift GLA must otherwise learn."""
     chunk_size: int = 64
@@ -168,7 +168,7 @@ def validate(cfg: Config) -> None:
     if cfg.mesh.data == 0 or cfg.mesh.data < -1:
         raise ConfigError(f"config key 'mesh.data': must be positive or -1, got {cfg.mesh.data}")
     if m.token_conv < 0:
-        raise ConfigError(f"config key 'model.token_conv': must be >= 0 (0: none), got {m.token_conv}")
+        raise ConfigError(f"config key 'model.token_conv': must be >= 0 (0 or 1: none), got {m.token_conv}")
     if m.head_dim < 0:
         raise ConfigError(f"config key 'model.head_dim': must be >= 0 (0: d_model // n_heads), got {m.head_dim}")
     if m.head_dim == 0 and m.d_model % m.n_heads:

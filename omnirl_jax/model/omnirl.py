@@ -50,15 +50,14 @@ class OmniRL(nnx.Module):
 
     def embed(self, batch: dict):
         """[B, T] step fields -> [B, T * 5, d] token embeddings in step-major order."""
-        action = self.action_embed(batch["action"])
+        obs, action = self.obs_embed(batch["obs"]), self.action_embed(batch["action"])
         if self.pair_embed is not None:
-            n_action_ids = self.action_embed.num_embeddings
-            pair = batch["obs"] * n_action_ids + batch["action"]
-            action = action + self.obs_embed(batch["obs"]) + self.pair_embed(pair)
+            pair = batch["obs"] * self.action_embed.num_embeddings + batch["action"]
+            action = action + obs + self.pair_embed(pair)
         tokens = jnp.stack(
             [
                 self.prompt_embed(batch["prompt"]),
-                self.obs_embed(batch["obs"]),
+                obs,
                 self.tag_embed(batch["tag"]),
                 action,
                 self.reward_embed(batch["reward"][..., None].astype(jnp.float32)),
