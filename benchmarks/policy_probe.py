@@ -1,20 +1,29 @@
 """Can the policy path learn in-context rules at all? A few-minute probe before a long demo run.
 
-The policy head is trained alone (world-model weights 0, no context warm-up) on the demo's
-generated sequences, with the label replaced by a rule computable from the visible history:
+The policy head is trained without the world-model terms (weights 0; the config's behaviour-cloning
+term, ``loss.behaviour``, stays), with no context warm-up, on the demo's generated sequences, with
+the label replaced by a rule computable from the visible history:
 
 * ``previous``: the behaviour action of the previous step (local: one step back);
 * ``majority``: the most frequent behaviour action so far in the sequence (a count over the whole
   context, the simplest long-range aggregation an in-context policy needs);
+* ``state_last``, ``state_majority``: the behaviour action last / most often taken so far in the
+  current observation (recall keyed on the state: what an in-context policy is built from);
+* ``state_best_reward``: the action with the highest mean immediate reward so far in the current
+  observation (the simplest rule that uses rewards);
 * ``label``: the real opt3 label (what the demo trains on).
 
-For each it prints the policy loss and accuracy, averaged over the last ``--tail`` steps. The two
-rules are deterministic, so a policy path that can aggregate context drives them to accuracy ~1.
+For each it prints the policy loss and accuracy, averaged over the last ``--tail`` steps, and the
+*shortcut*: how often the target equals the previous action or the most frequent action so far
+(the better of the two). The rules are deterministic, so a policy path that can aggregate context
+drives them to accuracy ~1; an accuracy at or below the shortcut means the model has learned no
+more than the two cheap rules (a state-keyed target is then not recalled by state at all).
 Why a probe: a 50-minute demo run whose policy stays at ln A says only that it failed; this says
 whether the mechanism the policy needs is learnable by the model of the config, in minutes.
 
     python benchmarks/policy_probe.py                   # configs/demo.yaml, 150 steps per target
     python benchmarks/policy_probe.py --set model.n_heads=4 --targets majority
+    python benchmarks/policy_probe.py --targets label --set loss.behaviour=0   # without behaviour cloning
 """
 
 from __future__ import annotations
@@ -32,44 +41,69 @@ from omnirl_jax.data.loader import make_loader
 from omnirl_jax.train import Setup
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ("previous", "majority", "label")
+TARGETS = ("previous", "majority", "state_last", "state_majority", "state_best_reward", "label")
 PROBE_OVERRIDES = ["loss.next_state=0", "loss.reward=0", "loss.warmup_steps=0", "data.workers=0"]
-"""The policy alone, every step weighted alike, data generated in this process."""
+"""No world-model terms (the config's behaviour-cloning term stays), every step weighted alike,
+data generated in this process."""
 
 
-def rule_labels(target: str, action: np.ndarray, label: np.ndarray, n_actions: int) -> np.ndarray:
-    """``[B, T]`` labels of ``target``; the null action ``n_actions`` (masked) where a rule has
-    no answer yet."""
+def rule_labels(target: str, batch: dict, n_states: int, n_actions: int) -> np.ndarray:
+    """``[B, T]`` labels of ``target`` for a loader batch; the null action ``n_actions`` (masked)
+    where a rule has no answer yet. Ties go to the lowest action id."""
+    obs, action, reward = batch["obs"], batch["action"], batch["reward"]
     if target == "label":
-        return label
+        return batch["label"]
     out = np.full_like(action, n_actions)
     if target == "previous":
         out[:, 1:] = action[:, :-1]
         return out
-    counts = np.zeros((action.shape[0], n_actions + 1), np.int64)  # last column: null actions
     rows = np.arange(action.shape[0])
+    real = action < n_actions
+    counts = np.zeros((action.shape[0], n_states, n_actions))  # per state, or in state 0 for "majority"
+    rewards = np.zeros_like(counts)
+    last = np.full((action.shape[0], n_states), n_actions)
     for t in range(action.shape[1]):
-        seen = counts[:, :n_actions].sum(axis=1) > 0
-        out[:, t] = np.where(seen, counts[:, :n_actions].argmax(axis=1), n_actions)
-        counts[rows, action[:, t]] += 1
+        s = np.zeros_like(obs[:, t]) if target == "majority" else obs[:, t]
+        seen = counts[rows, s]
+        if target == "state_last":
+            out[:, t] = last[rows, s]
+        elif target == "state_best_reward":
+            mean = np.where(seen > 0, rewards[rows, s] / np.maximum(seen, 1), -np.inf)
+            out[:, t] = np.where(seen.sum(axis=1) > 0, mean.argmax(axis=1), n_actions)
+        else:  # majority, state_majority
+            out[:, t] = np.where(seen.sum(axis=1) > 0, seen.argmax(axis=1), n_actions)
+        r, a = rows[real[:, t]], action[real[:, t], t]
+        counts[r, s[real[:, t]], a] += 1
+        rewards[r, s[real[:, t]], a] += reward[real[:, t], t]
+        last[r, s[real[:, t]]] = a
     return out
 
 
-def probe(cfg, target: str, tail: int) -> tuple[float, float]:
+def shortcut_agreement(target: np.ndarray, batch: dict, n_states: int, n_actions: int) -> float:
+    """How often ``target`` equals the better of the two cheapest rules (the previous action, the
+    most frequent action so far): a policy at or below this has not learned more than them."""
+    valid = target != n_actions
+    return max(float(np.mean(rule_labels(rule, batch, n_states, n_actions)[valid] == target[valid]))
+               for rule in ("previous", "majority"))
+
+
+def probe(cfg, target: str, tail: int) -> tuple[float, float, float]:
     """Trains a fresh model on ``target`` for ``cfg.train.steps`` steps; the last ``tail`` steps'
-    mean policy loss and accuracy."""
+    mean policy loss, accuracy and shortcut agreement."""
     setup = Setup.create(cfg, sharding.make_mesh(cfg.mesh))
     state, step = setup.init_state(), setup.jit_train_step()
     history = []
+    n_states, n_actions = cfg.data.n_states, cfg.data.n_actions
     with make_loader(cfg.data, batch_size=cfg.train.batch_size, segment_len=cfg.train.segment_len,
                      seed=cfg.train.seed) as loader:
-        for _ in range(cfg.train.steps):
+        for k in range(cfg.train.steps):
             batch = next(loader)
-            batch = dict(batch, label=rule_labels(target, batch["action"], batch["label"], cfg.data.n_actions))
+            batch = dict(batch, label=rule_labels(target, batch, n_states, n_actions))
+            shortcut = shortcut_agreement(batch["label"], batch, n_states, n_actions) if k >= cfg.train.steps - tail else np.nan
             state, metrics = step(state, sharding.put_batch(batch, setup.mesh))
-            history.append((float(metrics["policy_loss"]), float(metrics["policy_accuracy"])))
-    loss, accuracy = np.mean(history[-tail:], axis=0)
-    return float(loss), float(accuracy)
+            history.append((float(metrics["policy_loss"]), float(metrics["policy_accuracy"]), shortcut))
+    loss, accuracy, shortcut = np.mean(history[-tail:], axis=0)
+    return float(loss), float(accuracy), float(shortcut)
 
 
 def main(argv=None) -> int:
@@ -86,8 +120,8 @@ def main(argv=None) -> int:
     for target in args.targets.split(","):
         if target not in TARGETS:
             parser.error(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
-        loss, accuracy = probe(cfg, target, min(args.tail, args.steps))
-        print(f"{target:9s} policy loss {loss:.3f}  accuracy {accuracy:.3f}  "
+        loss, accuracy, shortcut = probe(cfg, target, min(args.tail, args.steps))
+        print(f"{target:17s} policy loss {loss:.3f}  accuracy {accuracy:.3f}  shortcut {shortcut:.3f}  "
               f"(ln {cfg.data.n_actions} = {np.log(cfg.data.n_actions):.3f}; last {min(args.tail, args.steps)} of {args.steps} steps)",
               flush=True)
     return 0

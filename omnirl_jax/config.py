@@ -72,6 +72,11 @@ class LossConfig:
     policy: float = 0.2
     next_state: float = 0.4
     reward: float = 0.4
+    behaviour: float = 0.0
+    """Weight of an auxiliary behaviour-cloning term: a separate head at the policy's token
+    predicts the behaviour action (0: no such head). Why: the executed action is a strong, nearly
+    deterministic target for recall keyed on the current state, the circuit an in-context policy
+    reads, while the label is a weak target for it; the policy head still learns from labels only."""
     warmup_steps: int = 512
     """Context warm-up: per-step weight ramps linearly over the first steps of a sequence."""
     warmup_start: float = 1e-3

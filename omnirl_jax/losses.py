@@ -2,8 +2,9 @@
 
 The policy is trained against the *label* action (what the reference policy would do), not the
 behaviour action, so any behaviour data teaches the optimal in-context policy. The world-model
-terms predict the next observation (cross-entropy) and the reward (MSE). Every step is weighted by
-the context warm-up, which depends on the step's absolute position in its sequence
+terms predict the next observation (cross-entropy) and the reward (MSE); an optional auxiliary
+term (``LossConfig.behaviour``) predicts the behaviour action from a head of its own. Every step
+is weighted by the context warm-up, which depends on the step's absolute position in its sequence
 (``offset + t``), so it is the same whichever segment the step lands in and needs no buffer.
 """
 
@@ -50,6 +51,13 @@ def compute_losses(outputs: dict, batch: dict, cfg: LossConfig, n_actions: int):
     next_state_loss = _weighted_mean(next_ce, world_w)
     reward_loss = _weighted_mean(reward_se, world_w)
     total = cfg.policy * policy_loss + cfg.next_state * next_state_loss + cfg.reward * reward_loss
+    extra = {}
+    if cfg.behaviour > 0:
+        behaviour = jnp.minimum(batch["action"], n_actions - 1)  # null actions are masked by world_w
+        behaviour_ce = optax.softmax_cross_entropy_with_integer_labels(
+            outputs["behaviour_logits"].astype(jnp.float32), behaviour)
+        extra["behaviour_loss"] = _weighted_mean(behaviour_ce, world_w)
+        total = total + cfg.behaviour * extra["behaviour_loss"]
     policy_hit = jnp.argmax(outputs["policy_logits"], axis=-1) == batch["label"]
     metrics = {
         "loss": total,
@@ -57,5 +65,6 @@ def compute_losses(outputs: dict, batch: dict, cfg: LossConfig, n_actions: int):
         "next_state_loss": next_state_loss,
         "reward_loss": reward_loss,
         "policy_accuracy": _weighted_mean(policy_hit, policy_w > 0),
+        **extra,
     }
     return total, metrics

@@ -92,7 +92,8 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
 
 
 def build_model(cfg: Config, rngs: nnx.Rngs) -> OmniRL:
-    return OmniRL(cfg.model, n_states=cfg.data.n_states, n_actions=cfg.data.n_actions, rngs=rngs)
+    return OmniRL(cfg.model, n_states=cfg.data.n_states, n_actions=cfg.data.n_actions,
+                  behaviour_head=cfg.loss.behaviour > 0, rngs=rngs)
 
 
 def make_loss_fn(graphdef, cfg: Config) -> Callable:

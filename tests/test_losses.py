@@ -76,3 +76,19 @@ def test_policy_is_trained_on_label_not_behaviour_action():
     perfect = jnp.asarray(np.eye(N_ACTIONS)[np.minimum(label, N_ACTIONS - 1)] * 50.0, jnp.float32)
     _, metrics = compute_losses(dict(outputs, policy_logits=perfect), batch, LossConfig(), N_ACTIONS)
     assert metrics["policy_loss"] < 1e-6 and float(metrics["policy_accuracy"]) == pytest.approx(1.0)
+
+
+def test_behaviour_term_is_the_behaviour_action_cross_entropy():
+    batch, outputs = batch_and_outputs(offset=600, seed=3)
+    action = np.asarray(batch["action"])
+    logits = jnp.asarray(np.random.default_rng(4).normal(size=outputs["policy_logits"].shape), jnp.float32)
+    outputs = dict(outputs, behaviour_logits=logits)
+    cfg = LossConfig(behaviour=0.5)
+    total, metrics = compute_losses(outputs, batch, cfg, N_ACTIONS)
+    real = action != N_ACTIONS  # past the warm-up every real step weighs 1; null actions none
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, np.minimum(action, N_ACTIONS - 1))
+    expected = float(np.asarray(ce)[real].mean())
+    assert float(metrics["behaviour_loss"]) == pytest.approx(expected, rel=1e-5)
+    without, base = compute_losses(outputs, batch, LossConfig(), N_ACTIONS)
+    assert "behaviour_loss" not in base
+    assert float(total) == pytest.approx(float(without) + 0.5 * expected, rel=1e-5)

@@ -119,6 +119,19 @@ def test_remat_and_bf16_compute():
     assert np.all(np.isfinite(out["policy_logits"])) and carry[0].dtype == jnp.float32
 
 
+def test_behaviour_head_only_when_asked_and_at_the_policy_token(batch):
+    assert "behaviour_logits" not in make_model()(batch, make_model().init_carry(2))[0]
+    model = OmniRL(ModelConfig(d_model=32, n_layers=2, n_heads=4, chunk_size=16), n_states=N_STATES,
+                   n_actions=N_ACTIONS, behaviour_head=True, rngs=nnx.Rngs(0))
+    out, _ = model(batch, model.init_carry(2))
+    assert out["behaviour_logits"].shape == (2, 24, N_ACTIONS)
+    # Like the policy, it has not seen the action it predicts.
+    t = 10
+    changed = dict(batch, action=batch["action"].at[:, t].set((batch["action"][:, t] + 1) % N_ACTIONS))
+    np.testing.assert_allclose(model(changed, model.init_carry(2))[0]["behaviour_logits"][:, : t + 1],
+                               out["behaviour_logits"][:, : t + 1], atol=1e-6)
+
+
 def test_token_conv_is_a_causal_depthwise_convolution():
     from omnirl_jax.model.layers import TokenConv
 

@@ -13,11 +13,26 @@ NULL = 3  # three real actions, id 3 is the null action
 
 
 def test_rule_labels():
-    action = np.array([[0, 1, 1, NULL, 0, 0, 2]])
-    label = np.array([[2, 2, 2, 2, 2, 2, 2]])
-    previous = policy_probe.rule_labels("previous", action, label, NULL)
-    np.testing.assert_array_equal(previous, [[NULL, 0, 1, 1, NULL, 0, 0]])
+    # Observations 0/1, three real actions (id 3 null), rewards per step.
+    batch = {
+        "obs": np.array([[0, 1, 0, 1, 0, 0, 1]]),
+        "action": np.array([[0, 1, 1, NULL, 0, 2, 2]]),
+        "reward": np.array([[1.0, 0.0, 3.0, 0.0, 1.0, 0.5, 0.0]]),
+        "label": np.array([[2, 2, 2, 2, 2, 2, 2]]),
+    }
+    rule = lambda target: policy_probe.rule_labels(target, batch, n_states=2, n_actions=NULL)
+    np.testing.assert_array_equal(rule("previous"), [[NULL, 0, 1, 1, NULL, 0, 2]])
     # Most frequent real action so far (ties to the lowest id); none before the first action.
-    majority = policy_probe.rule_labels("majority", action, label, NULL)
-    np.testing.assert_array_equal(majority, [[NULL, 0, 0, 1, 1, 0, 0]])
-    assert policy_probe.rule_labels("label", action, label, NULL) is label
+    np.testing.assert_array_equal(rule("majority"), [[NULL, 0, 0, 1, 1, 0, 0]])
+    # The same, per observation; a null action counts for nothing.
+    np.testing.assert_array_equal(rule("state_majority"), [[NULL, NULL, 0, 1, 0, 0, 1]])
+    np.testing.assert_array_equal(rule("state_last"), [[NULL, NULL, 0, 1, 1, 0, 1]])
+    # In observation 0: action 0 averaged 1, action 1 got 3; then action 0 again (1) -> still 1.
+    np.testing.assert_array_equal(rule("state_best_reward"), [[NULL, NULL, 0, 1, 1, 1, 1]])
+    assert rule("label") is batch["label"]
+
+
+def test_shortcut_agreement():
+    batch = {"obs": np.zeros((1, 4), int), "action": np.array([[1, 1, 0, 0]]), "reward": np.zeros((1, 4))}
+    target = np.array([[NULL, 1, 1, 0]])  # equals the previous action everywhere it is defined
+    assert policy_probe.shortcut_agreement(target, batch, n_states=1, n_actions=NULL) == 1.0

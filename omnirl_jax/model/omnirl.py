@@ -24,7 +24,8 @@ OBS_TOKEN, ACTION_TOKEN = 1, 3
 
 
 class OmniRL(nnx.Module):
-    def __init__(self, cfg: ModelConfig, *, n_states: int, n_actions: int, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, n_states: int, n_actions: int, rngs: nnx.Rngs,
+                 behaviour_head: bool = False):
         d = cfg.d_model
         embed = lambda n: nnx.Embed(n, d, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
         self.prompt_embed, self.tag_embed = embed(len(TAGS)), embed(len(TAGS))
@@ -40,6 +41,7 @@ class OmniRL(nnx.Module):
         self.policy_head = head(n_actions)
         self.next_state_head = head(n_states)
         self.reward_head = head(1)
+        self.behaviour_head = head(n_actions) if behaviour_head else None  # LossConfig.behaviour
         self.remat = cfg.remat
 
     def init_carry(self, batch: int) -> tuple:
@@ -69,7 +71,8 @@ class OmniRL(nnx.Module):
         return tokens.reshape(b, t * TOKENS_PER_STEP, -1)
 
     def __call__(self, batch: dict, carry: tuple, *, dropout_key=None):
-        """Returns ({policy_logits [B,T,A], next_obs_logits [B,T,S], reward [B,T]}, new carry)."""
+        """Returns ({policy_logits [B,T,A], next_obs_logits [B,T,S], reward [B,T]}, new carry), and
+        ``behaviour_logits`` [B,T,A] with a behaviour head."""
         x = self.embed(batch)
         new_carry = []
         if self.token_conv is not None:
@@ -89,6 +92,8 @@ class OmniRL(nnx.Module):
             "next_obs_logits": self.next_state_head(h_action),
             "reward": self.reward_head(h_action)[..., 0],
         }
+        if self.behaviour_head is not None:
+            outputs["behaviour_logits"] = self.behaviour_head(h_obs)
         return outputs, tuple(new_carry)
 
 
