@@ -28,6 +28,12 @@ def _weighted_mean(values, weights):
     return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1e-8)
 
 
+def _action_ce(logits, actions, n_actions: int):
+    """Cross-entropy against action ids; the null action (masked by the caller's weights) is
+    clamped to a valid index."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.minimum(actions, n_actions - 1))
+
+
 def compute_losses(outputs: dict, batch: dict, cfg: LossConfig, n_actions: int):
     """Returns (total loss, metrics dict of scalars).
 
@@ -40,8 +46,7 @@ def compute_losses(outputs: dict, batch: dict, cfg: LossConfig, n_actions: int):
     policy_w = weights * (batch["label"] != n_actions)
     world_w = weights * (batch["action"] != n_actions)
 
-    label = jnp.minimum(batch["label"], n_actions - 1)  # null labels are masked; keep the index valid
-    policy_ce = optax.softmax_cross_entropy_with_integer_labels(outputs["policy_logits"].astype(jnp.float32), label)
+    policy_ce = _action_ce(outputs["policy_logits"], batch["label"], n_actions)
     next_ce = optax.softmax_cross_entropy_with_integer_labels(
         outputs["next_obs_logits"].astype(jnp.float32), batch["next_obs"]
     )
@@ -53,9 +58,7 @@ def compute_losses(outputs: dict, batch: dict, cfg: LossConfig, n_actions: int):
     total = cfg.policy * policy_loss + cfg.next_state * next_state_loss + cfg.reward * reward_loss
     extra = {}
     if cfg.behaviour > 0:
-        behaviour = jnp.minimum(batch["action"], n_actions - 1)  # null actions are masked by world_w
-        behaviour_ce = optax.softmax_cross_entropy_with_integer_labels(
-            outputs["behaviour_logits"].astype(jnp.float32), behaviour)
+        behaviour_ce = _action_ce(outputs["behaviour_logits"], batch["action"], n_actions)
         extra["behaviour_loss"] = _weighted_mean(behaviour_ce, world_w)
         total = total + cfg.behaviour * extra["behaviour_loss"]
     policy_hit = jnp.argmax(outputs["policy_logits"], axis=-1) == batch["label"]

@@ -37,7 +37,12 @@ from omnirl_jax.model import OmniRL, reset_carry
 from omnirl_jax.typed_config import ConfigError, to_dict
 
 STEP_METRICS = ("loss", "policy_loss", "next_state_loss", "reward_loss", "policy_accuracy", "grad_norm")
-"""Metrics the train step returns (and that checkpoint.best_metric may name)."""
+"""Metrics every train step returns."""
+
+
+def step_metrics(cfg: Config) -> tuple[str, ...]:
+    """The metrics the train step of ``cfg`` returns (and that checkpoint.best_metric may name)."""
+    return STEP_METRICS + (("behaviour_loss",) if cfg.loss.behaviour > 0 else ())
 
 
 class BatchSource(Protocol):
@@ -210,8 +215,8 @@ def train(
     workdir = Path(workdir)
     mesh = sharding.make_mesh(cfg.mesh, devices)
     setup = Setup.create(cfg, mesh)
-    if cfg.checkpoint.best_metric is not None and cfg.checkpoint.best_metric not in STEP_METRICS:
-        raise ConfigError(f"config key 'checkpoint.best_metric': {cfg.checkpoint.best_metric!r} is not one of {list(STEP_METRICS)}")
+    if cfg.checkpoint.best_metric is not None and cfg.checkpoint.best_metric not in step_metrics(cfg):
+        raise ConfigError(f"config key 'checkpoint.best_metric': {cfg.checkpoint.best_metric!r} is not one of {list(step_metrics(cfg))}")
     is_main = jax.process_index() == 0
     workdir.mkdir(parents=True, exist_ok=True)
     if is_main:

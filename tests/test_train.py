@@ -14,6 +14,7 @@ from conftest import SyntheticBatches
 from omnirl_jax import cli
 from omnirl_jax.config import Config, MeshConfig, ModelConfig, OptimConfig, TrainConfig
 from omnirl_jax.train import train
+from omnirl_jax.typed_config import ConfigError
 
 N_STATES = 12
 ROOT = Path(__file__).parent.parent
@@ -42,6 +43,17 @@ def test_loss_falls_and_outputs_land_in_workdir(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["20", "40"]
     assert (tmp_path / "metrics.csv").read_text().splitlines()[0].startswith("step,")
     assert any((tmp_path / "tensorboard").iterdir()) and (tmp_path / "config.yaml").exists()
+
+
+def test_behaviour_term_is_logged_and_may_select_the_best_checkpoint(tmp_path):
+    cfg = tiny_config(steps=20)
+    cfg.checkpoint.best_metric = "behaviour_loss"
+    batches = lambda: SyntheticBatches(batch_size=8, segment_len=32, seq_len=128, n_states=N_STATES)
+    with pytest.raises(ConfigError, match="behaviour_loss"):  # no such metric while the term is off
+        train(cfg, tmp_path / "off", batches(), devices=jax.devices()[:1], progress=False)
+    cfg.loss.behaviour = 0.5
+    history = train(cfg, tmp_path / "on", batches(), devices=jax.devices()[:1], progress=False)
+    assert all(row["behaviour_loss"] > 0 for row in history)
 
 
 def test_gradient_accumulation_consumes_segments_per_optimiser_step(tmp_path):
