@@ -14,7 +14,7 @@ under the learning curve, ``evaluate`` module doc), the paired per-task differen
 confidence interval, and the model's first and last window (does return rise with context?).
 The last line reads ``model=<float> q_learning=<float> steps=<int> tasks=<int>``.
 
-    python benchmarks/icrl_demo.py             # 53 minutes on 2 CPU cores (measured)
+    python benchmarks/icrl_demo.py             # 46 minutes on 2 CPU cores (measured)
     python benchmarks/icrl_demo.py --quick     # a few minutes: smoke run, numbers meaningless
 """
 

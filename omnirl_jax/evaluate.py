@@ -39,7 +39,7 @@ from flax import nnx
 from omnirl_jax import env_jax, sharding
 from omnirl_jax.baselines import SOLVERS, normalise, oracle_table, reference_returns, solver_baseline, table_baseline
 from omnirl_jax.checkpoint import CheckpointError, Checkpointer
-from omnirl_jax.config import TOKENS_PER_STEP, Config, MeshConfig, load_config
+from omnirl_jax.config import Config, MeshConfig, load_config
 from omnirl_jax.data.schema import TAG_ID
 from omnirl_jax.rollout import ModelRunner, behaviour_records
 from omnirl_jax.suites import Suite, get_suite
@@ -72,7 +72,7 @@ def load_model(workdir: str | Path, step: Optional[int] = None) -> LoadedModel:
     Why through ``train.Setup``/``checkpoint.Checkpointer``: the restore target is exactly what the
     trainer saves, so a checkpoint that does not match its ``config.yaml`` fails here with the
     checkpointer's one-line ``CheckpointError``. The model is rebuilt for stepping: one device,
-    no remat, and a GLA chunk of one step's five tokens (a one-step call then pads nothing;
+    no remat, and a GLA chunk of one step's tokens (a one-step call then pads nothing;
     chunking changes no parameter or result).
     """
     workdir = Path(workdir)
@@ -103,7 +103,7 @@ def load_model(workdir: str | Path, step: Optional[int] = None) -> LoadedModel:
     if restored is None:
         raise EvalError(f"no checkpoint in {ckpt_dir}")
     state, _, restored_step = restored
-    eval_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, chunk_size=TOKENS_PER_STEP, remat=False))
+    eval_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, chunk_size=cfg.model.tokens_per_step, remat=False))
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(eval_cfg, nnx.Rngs(0))), nnx.Param)
     runner = ModelRunner(graphdef, state.params, cfg.data.n_actions)
     return LoadedModel(runner, cfg.data.n_states, cfg.data.n_actions, int(restored_step), cfg)

@@ -82,7 +82,7 @@ class ModelRunner:
     """Steps a restored OmniRL model on a batch of tasks (module doc).
 
     ``graphdef`` must be built with ``remat=False`` (``nnx.remat`` cannot run inside the loop's
-    ``lax.cond``); for GLA, ``chunk_size = TOKENS_PER_STEP`` makes a one-step call pad nothing
+    ``lax.cond``); for GLA, ``chunk_size = ModelConfig.tokens_per_step`` makes a one-step call pad nothing
     (``evaluate.load_model`` builds it so)."""
 
     def __init__(self, graphdef: Any, params: Any, n_actions: int):

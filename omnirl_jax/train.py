@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from omnirl_jax import sharding
 from omnirl_jax.checkpoint import Checkpointer
-from omnirl_jax.config import TOKENS_PER_STEP, Config, OptimConfig
+from omnirl_jax.config import Config, OptimConfig
 from omnirl_jax.losses import compute_losses
 from omnirl_jax.metrics import MetricsWriter
 from omnirl_jax.model import OmniRL, reset_carry
@@ -243,7 +243,7 @@ def _run(setup: Setup, state: TrainState, start: int, batches: BatchSource, chec
          writer: MetricsWriter, progress: bool) -> list[dict]:
     cfg = setup.cfg
     total, accumulate = cfg.train.steps, cfg.optim.accumulate
-    tokens_per_step = accumulate * cfg.train.batch_size * cfg.train.segment_len * TOKENS_PER_STEP
+    tokens_per_step = accumulate * cfg.train.batch_size * cfg.train.segment_len * cfg.model.tokens_per_step
     train_step = setup.jit_train_step()
     history, pending, last_metrics = [], [], None
     bar = tqdm(total=total, initial=start, disable=not progress, unit="step", dynamic_ncols=True)

@@ -32,6 +32,8 @@ VARIANTS = {
     "swa": {"mixer": "swa"},
     # Pair embedding, token convolution and a head width apart from d_model / n_heads.
     "gla-pair-conv": {"mixer": "gla", "pair_embed": True, "token_conv": 8, "head_dim": 12},
+    # Three tokens per step, and the reward token carrying the reward-scaled pair.
+    "gla-fused-reward-pair": {"mixer": "gla", "fused_step": True, "reward_pair": True, "token_conv": 4},
 }
 
 
@@ -57,6 +59,12 @@ def test_output_shapes_and_dtypes(forward, batch):
     assert out["reward"].shape == (2, 24)
     assert jax.tree.structure(carry) == jax.tree.structure(model.init_carry(2))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(carry))
+
+
+def test_tokens_per_step(forward, batch):
+    model, _ = forward
+    per_step = 3 if model.fused_step else 5
+    assert model.embed(batch).shape[:2] == (2, 24 * per_step)
 
 
 def test_heads_see_only_what_they_should(forward, batch):

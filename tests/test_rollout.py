@@ -10,7 +10,7 @@ from flax import nnx
 from anymdp_gym import sample_task
 from omnirl_jax import env_jax
 from omnirl_jax.baselines import oracle_table, reference_returns, table_baseline
-from omnirl_jax.config import TOKENS_PER_STEP, ModelConfig
+from omnirl_jax.config import ModelConfig
 from omnirl_jax.data.schema import TAG_ID
 from omnirl_jax.evaluate import window_returns
 from omnirl_jax.model import OmniRL
@@ -74,9 +74,11 @@ def _records_of(traj, i: int, tag: int) -> dict:
             "reward": reward.astype(np.float32)}
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_model_stepping_equals_one_pass(tasks, temperature):
-    cfg = ModelConfig(d_model=16, n_layers=2, n_heads=2, chunk_size=TOKENS_PER_STEP, remat=False)
+@pytest.mark.parametrize("temperature, options", [(0.0, {}), (1.0, {}),
+                                                  (1.0, {"fused_step": True, "reward_pair": True, "pair_embed": True})])
+def test_model_stepping_equals_one_pass(tasks, temperature, options):
+    cfg = ModelConfig(d_model=16, n_layers=2, n_heads=2, remat=False, **options)
+    cfg.chunk_size = cfg.tokens_per_step
     graphdef, params = nnx.split(OmniRL(cfg, n_states=N_STATES, n_actions=N_ACTIONS, rngs=nnx.Rngs(0)), nnx.Param)
     runner = ModelRunner(graphdef, params, N_ACTIONS)
     env_params = env_jax.from_tasks(tasks, N_ACTIONS)

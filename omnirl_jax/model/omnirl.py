@@ -1,12 +1,14 @@
-"""The OmniRL model: a step's five tokens, a causal GLA (or sliding-window) backbone, three heads.
+"""The OmniRL model: a step's tokens, a causal GLA (or sliding-window) backbone, three heads.
 
 Token order per step t: prompt, observation, tag, behaviour action, reward (each embedding plus a
-token-type embedding; the reward through a linear map of the scalar; optionally the action token
-also carries its step's observation, through the observation embedding and an embedding of the
-(observation, action) pair, and a causal convolution mixes neighbouring tokens:
-``ModelConfig.pair_embed``, ``token_conv``). The policy head reads the
-observation token (it has seen the prompt and the observation, not the action); the next-state
-and reward heads read the action token (they have seen the action, not the reward).
+token-type embedding; the reward through a linear map of the scalar), or with
+``ModelConfig.fused_step`` three tokens: prompt + observation + tag, action, reward. Options:
+the action token also carries its step's observation, through the observation embedding and an
+embedding of the (observation, action) pair (``pair_embed``); the reward token its observation
+and the pair scaled by the reward (``reward_pair``); a causal convolution mixes neighbouring
+tokens (``token_conv``). The policy head reads the observation token (it has seen the prompt and
+the observation, not the action); the next-state and reward heads read the action token (they
+have seen the action, not the reward).
 """
 
 from __future__ import annotations
@@ -15,12 +17,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from omnirl_jax.config import TOKENS_PER_STEP, ModelConfig
+from omnirl_jax.config import ModelConfig
 from omnirl_jax.data.schema import TAGS
 from omnirl_jax.model.layers import Block, TokenConv
 
-OBS_TOKEN, ACTION_TOKEN = 1, 3
-"""Positions of the observation and action tokens within a step's token group."""
+TOKEN_POSITIONS = {5: (1, 3), 3: (0, 1)}
+"""Positions of the observation and action tokens within a step's token group, by group size."""
 
 
 class OmniRL(nnx.Module):
@@ -32,8 +34,10 @@ class OmniRL(nnx.Module):
         self.obs_embed = embed(n_states)
         self.action_embed = embed(n_actions + 1)  # + the null action
         self.reward_embed = nnx.Linear(1, d, rngs=rngs)
-        self.type_embed = embed(TOKENS_PER_STEP)
+        self.fused_step = cfg.fused_step
+        self.type_embed = embed(cfg.tokens_per_step)
         self.pair_embed = embed(n_states * (n_actions + 1)) if cfg.pair_embed else None
+        self.reward_pair_embed = embed(n_states * (n_actions + 1)) if cfg.reward_pair else None
         self.token_conv = TokenConv(d, cfg.token_conv) if cfg.token_conv > 1 else None
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
         self.final_norm = nnx.RMSNorm(d, rngs=rngs)
@@ -51,24 +55,20 @@ class OmniRL(nnx.Module):
         return tuple(block.mixer.init_state(batch) for block in self.blocks) + conv
 
     def embed(self, batch: dict):
-        """[B, T] step fields -> [B, T * 5, d] token embeddings in step-major order."""
+        """[B, T] step fields -> [B, T * tokens per step, d] token embeddings in step-major order."""
         obs, action = self.obs_embed(batch["obs"]), self.action_embed(batch["action"])
+        reward = batch["reward"][..., None].astype(jnp.float32)
+        pair = batch["obs"] * self.action_embed.num_embeddings + batch["action"]
         if self.pair_embed is not None:
-            pair = batch["obs"] * self.action_embed.num_embeddings + batch["action"]
             action = action + obs + self.pair_embed(pair)
-        tokens = jnp.stack(
-            [
-                self.prompt_embed(batch["prompt"]),
-                obs,
-                self.tag_embed(batch["tag"]),
-                action,
-                self.reward_embed(batch["reward"][..., None].astype(jnp.float32)),
-            ],
-            axis=2,
-        )
-        tokens = tokens + self.type_embed.embedding[...]
+        reward_token = self.reward_embed(reward)
+        if self.reward_pair_embed is not None:
+            reward_token = reward_token + obs + reward * self.reward_pair_embed(pair)
+        prompt, tag = self.prompt_embed(batch["prompt"]), self.tag_embed(batch["tag"])
+        group = [prompt + obs + tag] if self.fused_step else [prompt, obs, tag]
+        tokens = jnp.stack(group + [action, reward_token], axis=2) + self.type_embed.embedding[...]
         b, t = batch["obs"].shape
-        return tokens.reshape(b, t * TOKENS_PER_STEP, -1)
+        return tokens.reshape(b, t * tokens.shape[2], -1)
 
     def __call__(self, batch: dict, carry: tuple, *, dropout_key=None):
         """Returns ({policy_logits [B,T,A], next_obs_logits [B,T,S], reward [B,T]}, new carry), and
@@ -85,8 +85,9 @@ class OmniRL(nnx.Module):
         if self.token_conv is not None:
             new_carry.append(conv_state)
         b, t = batch["obs"].shape
-        h = self.final_norm(x).reshape(b, t, TOKENS_PER_STEP, -1)
-        h_obs, h_action = h[:, :, OBS_TOKEN], h[:, :, ACTION_TOKEN]
+        h = self.final_norm(x).reshape(b, t, self.type_embed.num_embeddings, -1)
+        obs_at, action_at = TOKEN_POSITIONS[h.shape[2]]
+        h_obs, h_action = h[:, :, obs_at], h[:, :, action_at]
         outputs = {
             "policy_logits": self.policy_head(h_obs),
             "next_obs_logits": self.next_state_head(h_action),
