@@ -21,10 +21,6 @@ from omnirl_jax.config import ModelConfig
 from omnirl_jax.data.schema import TAGS
 from omnirl_jax.model.layers import Block, TokenConv
 
-TOKEN_POSITIONS = {5: (1, 3), 3: (0, 1)}
-"""Positions of the observation and action tokens within a step's token group, by group size."""
-
-
 class OmniRL(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, n_states: int, n_actions: int, rngs: nnx.Rngs,
                  behaviour_head: bool = False):
@@ -34,7 +30,9 @@ class OmniRL(nnx.Module):
         self.obs_embed = embed(n_states)
         self.action_embed = embed(n_actions + 1)  # + the null action
         self.reward_embed = nnx.Linear(1, d, rngs=rngs)
-        self.fused_step = cfg.fused_step
+        self.fused_step, self.tokens_per_step = cfg.fused_step, cfg.tokens_per_step
+        # Positions of the observation and action tokens within a step's token group.
+        self.obs_at, self.action_at = (0, 1) if cfg.fused_step else (1, 3)
         self.type_embed = embed(cfg.tokens_per_step)
         self.pair_embed = embed(n_states * (n_actions + 1)) if cfg.pair_embed else None
         self.reward_pair_embed = embed(n_states * (n_actions + 1)) if cfg.reward_pair else None
@@ -68,7 +66,7 @@ class OmniRL(nnx.Module):
         group = [prompt + obs + tag] if self.fused_step else [prompt, obs, tag]
         tokens = jnp.stack(group + [action, reward_token], axis=2) + self.type_embed.embedding[...]
         b, t = batch["obs"].shape
-        return tokens.reshape(b, t * tokens.shape[2], -1)
+        return tokens.reshape(b, t * self.tokens_per_step, -1)
 
     def __call__(self, batch: dict, carry: tuple, *, dropout_key=None):
         """Returns ({policy_logits [B,T,A], next_obs_logits [B,T,S], reward [B,T]}, new carry), and
@@ -85,9 +83,8 @@ class OmniRL(nnx.Module):
         if self.token_conv is not None:
             new_carry.append(conv_state)
         b, t = batch["obs"].shape
-        h = self.final_norm(x).reshape(b, t, self.type_embed.num_embeddings, -1)
-        obs_at, action_at = TOKEN_POSITIONS[h.shape[2]]
-        h_obs, h_action = h[:, :, obs_at], h[:, :, action_at]
+        h = self.final_norm(x).reshape(b, t, self.tokens_per_step, -1)
+        h_obs, h_action = h[:, :, self.obs_at], h[:, :, self.action_at]
         outputs = {
             "policy_logits": self.policy_head(h_obs),
             "next_obs_logits": self.next_state_head(h_action),
