@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
@@ -26,6 +28,33 @@ class CheckpointError(RuntimeError):
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text[:300]}"
+
+
+def _arrays(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{path: (shape, dtype)}`` of a state tree or of a checkpoint's metadata tree; paths are
+    the key names joined by '/', so both spell a leaf alike."""
+    def name(key) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    return {"/".join(name(k) for k in path): (tuple(leaf.shape), str(np.dtype(leaf.dtype)))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def layout_mismatch(expected: Any, stored: Any) -> Optional[str]:
+    """What differs between the arrays a config needs and those a checkpoint holds (the first
+    difference and how many there are), or None when every path, shape and dtype agrees."""
+    want, have = _arrays(expected), _arrays(stored)
+    problems = [f"{p} is missing" for p in want if p not in have]
+    problems += [f"{p} is not in the config's state" for p in have if p not in want]
+    problems += [f"{p} is {have[p][0]} {have[p][1]} in the checkpoint, the config needs {want[p][0]} {want[p][1]}"
+                 for p in want if p in have and want[p] != have[p]]
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return problems[0] + more
 
 
 class Checkpointer:
@@ -51,7 +80,9 @@ class Checkpointer:
             create=True,
         )
         try:
-            self.manager = ocp.CheckpointManager(self.directory, options=options)
+            # Handlers named up front, so a checkpoint's metadata is readable before a restore.
+            handlers = {"state": ocp.StandardCheckpointHandler(), "loader": ocp.JsonCheckpointHandler()}
+            self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         except Exception as e:
             raise CheckpointError(f"cannot open checkpoint directory {self.directory} ({_one_line(e)})") from None
 
@@ -60,7 +91,9 @@ class Checkpointer:
         when the directory holds none (a fresh run).
 
         ``abstract_state`` is a tree of jax.ShapeDtypeStruct with shardings: the restored arrays
-        are placed exactly like a freshly initialised state.
+        are placed exactly like a freshly initialised state. The checkpoint's array layout is
+        compared with it first, so a checkpoint of another config fails naming the first array
+        that differs (and no read is left half done).
         """
         steps = sorted(self.manager.all_steps())
         step = self.cfg.restore_step
@@ -72,6 +105,17 @@ class Checkpointer:
             raise CheckpointError(
                 f"no checkpoint for step {step} in {self.directory} (available: {steps or 'none'})"
             )
+        where = self.directory / str(step)
+        try:
+            stored = self.manager.item_metadata(step)["state"]
+            if stored is None:
+                raise ValueError("no metadata of the train state")
+        except Exception as e:
+            raise CheckpointError(f"checkpoint {where} is unreadable ({_one_line(e)}); "
+                                  "move it aside to resume from an earlier one") from None
+        mismatch = layout_mismatch(abstract_state, stored)
+        if mismatch is not None:
+            raise CheckpointError(f"checkpoint {where} does not match the config: {mismatch}")
         try:
             restored = self.manager.restore(
                 step,
@@ -81,7 +125,7 @@ class Checkpointer:
             )
         except Exception as e:
             raise CheckpointError(
-                f"checkpoint {self.directory / str(step)} is unreadable or does not match the config "
+                f"checkpoint {where} is unreadable or does not match the config "
                 f"({_one_line(e)}); move it aside to resume from an earlier one"
             ) from None
         return restored["state"], restored["loader"], step

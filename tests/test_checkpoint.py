@@ -116,6 +116,21 @@ def test_corrupt_checkpoint_gives_one_line_error_and_is_left_alone(runs, tmp_pat
     assert tree_bytes(workdir / "checkpoints") == before
 
 
+def test_checkpoint_of_another_config_names_the_array_that_differs(runs, tmp_path):
+    _, straight, _, _, _ = runs
+    workdir = tmp_path / "run"
+    shutil.copytree(straight, workdir)
+    cfg = tiny_config()
+    cfg.model.d_model = 16
+    before = tree_bytes(workdir / "checkpoints")
+    with pytest.raises(CheckpointError) as err:
+        train(cfg, workdir, batches(), devices=jax.devices()[:1], progress=False)
+    message = str(err.value)
+    assert "\n" not in message and "checkpoints/6 does not match the config: " in message
+    assert "params/action_embed/embedding/value is (6, 32) float32 in the checkpoint, the config needs (6, 16) float32 (and " in message
+    assert tree_bytes(workdir / "checkpoints") == before
+
+
 def test_missing_checkpoint_step_gives_one_line_error(runs):
     _, straight, _, _, _ = runs
     cfg = tiny_config(restore_step=5)

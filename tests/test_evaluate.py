@@ -63,7 +63,7 @@ def test_missing_or_mismatched_checkpoint_fails_with_one_line(workdir, tmp_path,
     raw = yaml.safe_load((workdir / "config.yaml").read_text())
     raw["model"]["d_model"] = 32
     (mismatched / "config.yaml").write_text(yaml.safe_dump(raw))
-    _one_line_error(capsys, ["--checkpoint", str(mismatched), "--suite", "anymdp-16"], "does not match")
+    _one_line_error(capsys, ["--checkpoint", str(mismatched), "--suite", "anymdp-16"], "does not match the config: ")
     _one_line_error(capsys, ["--checkpoint", str(workdir), "--suite", "anymdp-64"], "fits the model")
     _one_line_error(capsys, ["--checkpoint", str(workdir), "--suite", "nosuch"], "unknown suite")
 
