@@ -49,6 +49,15 @@ def test_structure(task):
     assert np.all(s - j <= n // 2 + 1)
 
 
+def test_draft_with_an_empty_action_row_is_rejected():
+    # This draw once returned a task with a 0 / 0 (NaN) action row, which stopped a training run at
+    # data seed 0, sequence 11920: the sampler must reject that draft and return a valid task.
+    task_seq, _ = np.random.SeedSequence([0, 11920]).spawn(2)
+    task = sample_task(16, seed=np.random.default_rng(task_seq))
+    assert np.all(np.isfinite(task.transition))
+    assert np.allclose(task.transition.sum(axis=2)[~task.terminal], 1.0)
+
+
 def test_state_subset():
     task = sample_task(64, seed=1, min_states=16)
     assert 16 <= task.n_active <= 64
