@@ -11,19 +11,27 @@ the label replaced by a rule computable from the visible history:
   current observation (recall keyed on the state: what an in-context policy is built from);
 * ``state_best_reward``: the action with the highest mean immediate reward so far in the current
   observation (the simplest rule that uses rewards);
-* ``label``: the real opt3 label (what the demo trains on).
+* ``label``: the real label (the generator's ``label_policy``, opt3 as the demo trains on).
 
-For each it prints the policy loss and accuracy, averaged over the last ``--tail`` steps, and the
-*shortcut*: how often the target equals the previous action or the most frequent action so far
-(the better of the two). The rules are deterministic, so a policy path that can aggregate context
-drives them to accuracy ~1; an accuracy at or below the shortcut means the model has learned no
-more than the two cheap rules (a state-keyed target is then not recalled by state at all).
+For each it prints the policy loss and accuracy, averaged over the last ``--tail`` steps, and two
+references, the agreement of the target with a rule over the same steps:
+
+* *shortcut*: the previous action or the most frequent action so far (the better of the two). The
+  rules are deterministic, so a policy path that can aggregate context drives them to accuracy ~1;
+  an accuracy at or below the shortcut means the model has learned no more than the two cheap
+  rules (a state-keyed target is then not recalled by state at all);
+* *reward rule*: ``state_best_reward``, the simplest use of rewards. For ``label`` it is a lower
+  bound on what in-context use of rewards can reach: with ``--set
+  "data.generator.policy_weights={random_drift: 1.0}"`` the behaviour says nothing about the label,
+  so an accuracy above chance (1 / A) can only come from rewards and transitions.
+
 Why a probe: a 50-minute demo run whose policy stays at ln A says only that it failed; this says
 whether the mechanism the policy needs is learnable by the model of the config, in minutes.
 
     python benchmarks/policy_probe.py                   # configs/demo.yaml, 150 steps per target
     python benchmarks/policy_probe.py --set model.n_heads=4 --targets majority
     python benchmarks/policy_probe.py --targets label --set loss.behaviour=0   # without behaviour cloning
+    python benchmarks/policy_probe.py --targets label --set "data.generator.policy_weights={random_drift: 1.0}"
 """
 
 from __future__ import annotations
@@ -79,17 +87,20 @@ def rule_labels(target: str, batch: dict, n_states: int, n_actions: int) -> np.n
     return out
 
 
-def shortcut_agreement(target: np.ndarray, batch: dict, n_states: int, n_actions: int) -> float:
-    """How often ``target`` equals the better of the two cheapest rules (the previous action, the
-    most frequent action so far): a policy at or below this has not learned more than them."""
+def agreement(rules: tuple, target: np.ndarray, batch: dict, n_states: int, n_actions: int) -> float:
+    """How often ``target`` equals the best of ``rules`` (names of ``rule_labels`` targets), over the
+    steps where the target is defined; a rule without an answer yet counts as a miss."""
     valid = target != n_actions
     return max(float(np.mean(rule_labels(rule, batch, n_states, n_actions)[valid] == target[valid]))
-               for rule in ("previous", "majority"))
+               for rule in rules)
 
 
-def probe(cfg, target: str, tail: int) -> tuple[float, float, float]:
+SHORTCUT, REWARD_RULE = ("previous", "majority"), ("state_best_reward",)
+
+
+def probe(cfg, target: str, tail: int) -> tuple[float, float, float, float]:
     """Trains a fresh model on ``target`` for ``cfg.train.steps`` steps; the last ``tail`` steps'
-    mean policy loss, accuracy and shortcut agreement."""
+    mean policy loss, accuracy, and agreement of the shortcut and of the reward rule with the target."""
     setup = Setup.create(cfg, sharding.make_mesh(cfg.mesh))
     state, step = setup.init_state(), setup.jit_train_step()
     history = []
@@ -99,11 +110,11 @@ def probe(cfg, target: str, tail: int) -> tuple[float, float, float]:
         for k in range(cfg.train.steps):
             batch = next(loader)
             batch = dict(batch, label=rule_labels(target, batch, n_states, n_actions))
-            shortcut = shortcut_agreement(batch["label"], batch, n_states, n_actions) if k >= cfg.train.steps - tail else np.nan
+            references = [agreement(rules, batch["label"], batch, n_states, n_actions) if k >= cfg.train.steps - tail
+                          else np.nan for rules in (SHORTCUT, REWARD_RULE)]
             state, metrics = step(state, sharding.put_batch(batch, setup.mesh))
-            history.append((float(metrics["policy_loss"]), float(metrics["policy_accuracy"]), shortcut))
-    loss, accuracy, shortcut = np.mean(history[-tail:], axis=0)
-    return float(loss), float(accuracy), float(shortcut)
+            history.append((float(metrics["policy_loss"]), float(metrics["policy_accuracy"]), *references))
+    return tuple(float(x) for x in np.mean(history[-tail:], axis=0))
 
 
 def main(argv=None) -> int:
@@ -120,8 +131,9 @@ def main(argv=None) -> int:
     for target in args.targets.split(","):
         if target not in TARGETS:
             parser.error(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
-        loss, accuracy, shortcut = probe(cfg, target, min(args.tail, args.steps))
+        loss, accuracy, shortcut, reward_rule = probe(cfg, target, min(args.tail, args.steps))
         print(f"{target:17s} policy loss {loss:.3f}  accuracy {accuracy:.3f}  shortcut {shortcut:.3f}  "
+              f"reward rule {reward_rule:.3f}  "
               f"(ln {cfg.data.n_actions} = {np.log(cfg.data.n_actions):.3f}; last {min(args.tail, args.steps)} of {args.steps} steps)",
               flush=True)
     return 0

@@ -32,7 +32,12 @@ def test_rule_labels():
     assert rule("label") is batch["label"]
 
 
-def test_shortcut_agreement():
-    batch = {"obs": np.zeros((1, 4), int), "action": np.array([[1, 1, 0, 0]]), "reward": np.zeros((1, 4))}
+def test_agreement():
+    batch = {"obs": np.zeros((1, 4), int), "action": np.array([[1, 1, 0, 0]]), "reward": np.array([[0.0, 0.0, 2.0, 0.0]])}
     target = np.array([[NULL, 1, 1, 0]])  # equals the previous action everywhere it is defined
-    assert policy_probe.shortcut_agreement(target, batch, n_states=1, n_actions=NULL) == 1.0
+    agree = lambda rules: policy_probe.agreement(rules, target, batch, n_states=1, n_actions=NULL)
+    assert agree(policy_probe.SHORTCUT) == 1.0
+    # Best mean reward so far: only action 1 (paid 0) is known at steps 1 and 2; then action 0 paid 2.
+    np.testing.assert_array_equal(policy_probe.rule_labels("state_best_reward", batch, 1, NULL), [[NULL, 1, 1, 0]])
+    assert agree(policy_probe.REWARD_RULE) == 1.0
+    assert agree(("majority",)) == 2 / 3  # the most frequent action is 1 at steps 1..3; the target ends on 0
