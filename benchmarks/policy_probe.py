@@ -43,10 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
-from omnirl_jax import sharding
 from omnirl_jax.config import load_config
 from omnirl_jax.data.loader import make_loader
-from omnirl_jax.train import Setup
+from omnirl_jax.train import fresh_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("previous", "majority", "state_last", "state_majority", "state_best_reward", "label")
@@ -101,19 +100,16 @@ SHORTCUT, REWARD_RULE = ("previous", "majority"), ("state_best_reward",)
 def probe(cfg, target: str, tail: int) -> tuple[float, float, float, float]:
     """Trains a fresh model on ``target`` for ``cfg.train.steps`` steps; the last ``tail`` steps'
     mean policy loss, accuracy, and agreement of the shortcut and of the reward rule with the target."""
-    setup = Setup.create(cfg, sharding.make_mesh(cfg.mesh))
-    state, step = setup.init_state(), setup.jit_train_step()
+    n_states, n_actions, steps = cfg.data.n_states, cfg.data.n_actions, cfg.train.steps
     history = []
-    n_states, n_actions = cfg.data.n_states, cfg.data.n_actions
     with make_loader(cfg.data, batch_size=cfg.train.batch_size, segment_len=cfg.train.segment_len,
                      seed=cfg.train.seed) as loader:
-        for k in range(cfg.train.steps):
-            batch = next(loader)
-            batch = dict(batch, label=rule_labels(target, batch, n_states, n_actions))
-            references = [agreement(rules, batch["label"], batch, n_states, n_actions) if k >= cfg.train.steps - tail
+        relabelled = (dict(batch, label=rule_labels(target, batch, n_states, n_actions))
+                      for batch in (next(loader) for _ in range(steps)))
+        for k, (batch, metrics) in enumerate(fresh_steps(cfg, relabelled)):
+            references = [agreement(rules, batch["label"], batch, n_states, n_actions) if k >= steps - tail
                           else np.nan for rules in (SHORTCUT, REWARD_RULE)]
-            state, metrics = step(state, sharding.put_batch(batch, setup.mesh))
-            history.append((float(metrics["policy_loss"]), float(metrics["policy_accuracy"]), *references))
+            history.append((metrics["policy_loss"], metrics["policy_accuracy"], *references))
     return tuple(float(x) for x in np.mean(history[-tail:], axis=0))
 
 

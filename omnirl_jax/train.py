@@ -16,7 +16,7 @@ import functools
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Iterable, Iterator, Optional, Protocol
 
 import flax.struct
 import jax
@@ -187,6 +187,18 @@ class Setup:
             out_shardings=(self.shardings, sharding.replicated(self.mesh)),
             donate_argnums=0,
         )
+
+
+def fresh_steps(cfg: Config, batches: Iterable[dict]) -> Iterator[tuple[dict, dict]]:
+    """Trains a fresh model (``train.seed``) one train step per batch of ``batches`` (an optimiser
+    update every ``optim.accumulate`` of them, as in ``train``), with no checkpoint, log or resume,
+    yielding each batch with its step's metrics as floats. Why: short experiments that feed their
+    own batches (``benchmarks/*_probe.py``) share the very train step of ``train``."""
+    setup = Setup.create(cfg, sharding.make_mesh(cfg.mesh))
+    state, step = setup.init_state(), setup.jit_train_step()
+    for batch in batches:
+        state, metrics = step(state, sharding.put_batch(batch, setup.mesh))
+        yield batch, {name: float(value) for name, value in metrics.items()}
 
 
 def _init_state(cfg: Config, optimizer: optax.GradientTransformation, key) -> TrainState:

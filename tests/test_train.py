@@ -13,7 +13,7 @@ from conftest import SyntheticBatches
 
 from omnirl_jax import cli
 from omnirl_jax.config import Config, MeshConfig, ModelConfig, OptimConfig, TrainConfig
-from omnirl_jax.train import train
+from omnirl_jax.train import STEP_METRICS, fresh_steps, train
 from omnirl_jax.typed_config import ConfigError
 
 N_STATES = 12
@@ -62,6 +62,20 @@ def test_gradient_accumulation_consumes_segments_per_optimiser_step(tmp_path):
     batches = SyntheticBatches(batch_size=8, segment_len=32, seq_len=128, n_states=N_STATES)
     history = train(cfg, tmp_path, batches, devices=jax.devices()[:1], progress=False)
     assert [row["step"] for row in history] == [1, 2, 3] and batches.index == 6
+
+
+def test_fresh_steps_yields_each_batch_with_its_metrics():
+    cfg = tiny_config(n_layers=1)
+
+    def run():
+        batches = SyntheticBatches(batch_size=8, segment_len=32, seq_len=128, n_states=N_STATES)
+        return list(fresh_steps(cfg, (next(batches) for _ in range(12))))
+
+    first, again = run(), run()
+    assert len(first) == 12 and set(STEP_METRICS) <= set(first[0][1])
+    assert [m for _, m in first] == [m for _, m in again]  # a fresh model from train.seed each time
+    assert first[-1][1]["loss"] < first[0][1]["loss"]
+    assert all(isinstance(v, float) for v in first[0][1].values())
 
 
 CLI_TINY = ["model.d_model=32", "model.n_heads=4", "data.n_states=12", "data.seq_len=64", "data.workers=0",
