@@ -13,8 +13,9 @@ as in ``omnirl_jax.losses``), each using only the steps before:
 * *pair counts*: ``P(s' | s, a)`` from the counts of what followed ``(s, a)``, backed off to the
   state estimate (its prior mass ``alpha * S``): what a tabular model-based learner knows.
 
-A model at or above the state estimate has not learned that actions differ; one near the pair
-estimate has the world model an in-context policy can build on. ``ln S`` is knowing nothing.
+A model at or above the state estimate shows no use of the action; one near the pair estimate has
+the world model an in-context policy can build on (it may beat both: it can learn the task
+prior, which counting ignores). ``ln S`` is knowing nothing.
 
     python benchmarks/world_model_probe.py                          # configs/demo.yaml, 300 steps
     python benchmarks/world_model_probe.py --set model.mixer=swa model.window=768
