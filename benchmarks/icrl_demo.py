@@ -4,7 +4,7 @@
    default behaviour mixture, data seed ``train.seed``);
 2. training: ``omnirl_jax.train.train`` with ``configs/demo.yaml`` (resumes if the workdir
    already holds a checkpoint; a finished run goes straight to evaluation);
-3. evaluation: ``omnirl_jax.evaluate.run`` on held-out 16-state AnyMDP tasks (suite
+3. evaluation: ``omnirl_jax.eval.evaluate.run`` on held-out 16-state AnyMDP tasks (suite
    ``anymdp-16``, seeds ``suites.EVAL_SEED``) in online mode, the model against random, oracle,
    tabular Q-learning and model-based RL over the same interaction steps; CSV and PNG curves
    land in ``<workdir>/eval``.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omnirl_jax import evaluate
+from omnirl_jax.eval import evaluate
 from omnirl_jax.config import load_config
 from omnirl_jax.data.loader import make_loader
 from omnirl_jax.train import train

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from anymdp_gym import sample_task
-from omnirl_jax import env_jax
-from omnirl_jax.gym_adapter import task_from_gym
+from omnirl_jax.eval import env_jax
+from omnirl_jax.eval.gym_adapter import task_from_gym
 
 N_SAMPLES = 20_000
 

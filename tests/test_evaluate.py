@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from omnirl_jax import sharding
-from omnirl_jax.baselines import normalise
+from omnirl_jax.eval.baselines import normalise
 from omnirl_jax.checkpoint import Checkpointer
 from omnirl_jax.config import CheckpointConfig, Config, DataConfig, MeshConfig, ModelConfig, TrainConfig
-from omnirl_jax.evaluate import main, run, window_returns
+from omnirl_jax.eval.evaluate import main, run, window_returns
 from omnirl_jax.train import Setup
 from omnirl_jax.typed_config import to_dict
 

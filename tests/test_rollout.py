@@ -8,13 +8,13 @@ import pytest
 from flax import nnx
 
 from anymdp_gym import sample_task
-from omnirl_jax import env_jax
-from omnirl_jax.baselines import oracle_table, reference_returns, table_baseline
+from omnirl_jax.eval import env_jax
+from omnirl_jax.eval.baselines import oracle_table, reference_returns, table_baseline
 from omnirl_jax.config import ModelConfig
 from omnirl_jax.data.schema import TAG_ID
-from omnirl_jax.evaluate import window_returns
+from omnirl_jax.eval.evaluate import window_returns
 from omnirl_jax.model import OmniRL
-from omnirl_jax.rollout import PROMPT, ModelRunner, behaviour_records
+from omnirl_jax.eval.rollout import PROMPT, ModelRunner, behaviour_records
 
 N_STATES, N_ACTIONS = 16, 5
 

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from omnirl_jax import env_jax
+from omnirl_jax.eval import env_jax
 from omnirl_jax.data.schema import TAG_ID
 
 PROMPT = TAG_ID["opt3"]

@@ -24,7 +24,7 @@ import numpy as np
 
 from anymdp_gym.sampling import sample_garnet_task, sample_task
 from anymdp_gym.task import Task
-from omnirl_jax.gym_adapter import GYM_TASKS, gym_size, task_from_gym
+from omnirl_jax.eval.gym_adapter import GYM_TASKS, gym_size, task_from_gym
 
 EVAL_SEED = 0x0E7A1
 """Entropy word reserved for evaluation tasks; never use it as a training data seed."""

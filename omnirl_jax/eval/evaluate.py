@@ -36,13 +36,14 @@ import jax
 import numpy as np
 from flax import nnx
 
-from omnirl_jax import env_jax, sharding
-from omnirl_jax.baselines import SOLVERS, normalise, oracle_table, reference_returns, solver_baseline, table_baseline
+from omnirl_jax import sharding
+from omnirl_jax.eval import env_jax
+from omnirl_jax.eval.baselines import SOLVERS, normalise, oracle_table, reference_returns, solver_baseline, table_baseline
 from omnirl_jax.checkpoint import CheckpointError, Checkpointer
 from omnirl_jax.config import Config, MeshConfig, load_config
 from omnirl_jax.data.schema import TAG_ID
-from omnirl_jax.rollout import ModelRunner, behaviour_records
-from omnirl_jax.suites import Suite, get_suite
+from omnirl_jax.eval.rollout import ModelRunner, behaviour_records
+from omnirl_jax.eval.suites import Suite, get_suite
 from omnirl_jax.train import Setup, build_model
 from omnirl_jax.typed_config import ConfigError
 

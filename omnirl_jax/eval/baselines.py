@@ -32,8 +32,8 @@ import numpy as np
 
 from anymdp_gym.solvers import ModelBasedSolver, OracleSolver, QLearningSolver
 from anymdp_gym.task import Task
-from omnirl_jax import env_jax
-from omnirl_jax.rollout import Records, Trajectory, table_rollout
+from omnirl_jax.eval import env_jax
+from omnirl_jax.eval.rollout import Records, Trajectory, table_rollout
 
 ORACLE_GAMMA = 0.994
 MIN_GAP = 1e-6
