@@ -40,43 +40,75 @@ def random_segment(rng, batch: int, segment_len: int, offset: int, n_states: int
     return batch_dict
 
 
-def run_one(args) -> dict:
-    """Trains over one sequence of ``args.child`` steps per row; returns the measurements."""
+def time_training(cfg, n_segments: int, devices=None) -> dict:
+    """Trains a fresh model of ``cfg`` over ``n_segments`` random segments (one sequence per row,
+    offsets advancing), at most two steps in flight as in train.py, and times all but the first
+    segment (compilation). The step is compiled ahead of time so XLA's memory plan of it is
+    reported too (it exists on every backend, unlike device memory statistics). Shared with
+    benchmarks/device_check.py."""
     import jax
     import numpy as np
 
     from omnirl_jax import sharding
-    from omnirl_jax.config import Config, MeshConfig, ModelConfig, TrainConfig
     from omnirl_jax.train import Setup
+
+    t = cfg.train
+    setup = Setup.create(cfg, sharding.make_mesh(cfg.mesh, devices))
+    state = setup.init_state()
+    rng = np.random.default_rng(t.seed)
+
+    def segment(i):
+        batch = random_segment(rng, t.batch_size, t.segment_len, i * t.segment_len, cfg.data.n_states, cfg.data.n_actions)
+        return sharding.put_batch(batch, setup.mesh)
+
+    batch = segment(0)
+    compile_start = time.perf_counter()
+    train_step = setup.jit_train_step().lower(state, batch).compile()
+    compile_s = time.perf_counter() - compile_start
+    memory = train_step.memory_analysis()
+    start, previous = None, None
+    for i in range(n_segments):
+        state, metrics = train_step(state, batch if i == 0 else segment(i))
+        jax.block_until_ready(previous)  # as in train.py: at most two steps in flight
+        previous = metrics
+        if i == 0:  # exclude the first step from the timing
+            jax.block_until_ready(metrics)
+            start = time.perf_counter()
+    loss = float(metrics["loss"])
+    elapsed = time.perf_counter() - start
+    timed = n_segments - 1
+    return {
+        "segments": n_segments,
+        "compile_s": compile_s,
+        "seconds": elapsed,
+        "segments_per_s": timed / elapsed if timed else float("nan"),
+        "tokens_per_s": timed * t.batch_size * t.segment_len * cfg.model.tokens_per_step / elapsed if timed else float("nan"),
+        "final_loss": loss,
+        "compiled_temp_bytes": None if memory is None else memory.temp_size_in_bytes,
+        "compiled_total_bytes": None if memory is None else (
+            memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes + memory.temp_size_in_bytes),
+    }
+
+
+def run_one(args) -> dict:
+    """Trains over one sequence of ``args.child`` steps per row; returns the measurements."""
+    import jax
+
+    from omnirl_jax.config import Config, MeshConfig, ModelConfig, TrainConfig
 
     cfg = Config(
         model=ModelConfig(d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads, chunk_size=64, remat=True),
         train=TrainConfig(batch_size=args.batch_size, segment_len=args.segment_len, steps=args.child // args.segment_len),
         mesh=MeshConfig(data=1, model=1),
     )
-    setup = Setup.create(cfg, sharding.make_mesh(cfg.mesh, jax.devices()[:1]))
-    state, train_step = setup.init_state(), setup.jit_train_step()
-    rng = np.random.default_rng(0)
-    n_segments = args.child // args.segment_len
-    start, previous = None, None
-    for i in range(n_segments):
-        batch = random_segment(rng, args.batch_size, args.segment_len, i * args.segment_len, cfg.data.n_states, cfg.data.n_actions)
-        state, metrics = train_step(state, sharding.put_batch(batch, setup.mesh))
-        jax.block_until_ready(previous)  # as in train.py: at most two steps in flight
-        previous = metrics
-        if i == 0:  # exclude compilation from the timing
-            jax.block_until_ready(metrics)
-            start = time.perf_counter()
-    loss = float(metrics["loss"])
-    elapsed = time.perf_counter() - start
-    timed_tokens = (n_segments - 1) * args.batch_size * args.segment_len * 5
+    row = time_training(cfg, args.child // args.segment_len, jax.devices()[:1])
     return {
         "steps": args.child,
-        "segments": n_segments,
-        "tokens_per_s": timed_tokens / elapsed if n_segments > 1 else float("nan"),
-        "seconds": elapsed,
+        "segments": row["segments"],
+        "tokens_per_s": row["tokens_per_s"],
+        "seconds": row["seconds"],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "final_loss": loss,
+        "final_loss": row["final_loss"],
     }
 
 
