@@ -1,4 +1,5 @@
-"""Reference solvers for tabular tasks: oracle, Q-learning, model-based RL, random.
+"""Reference solvers for tabular tasks: oracle, Q-learning, model-based RL, random, and the
+classic bandit algorithms (epsilon-greedy, UCB1, Gaussian Thompson sampling).
 
 Each solver is a plain class with ``act(obs) -> action`` and
 ``update(obs, action, reward, next_obs, terminated, truncated=False)``, built from observation
@@ -24,6 +25,17 @@ Decisions where the spec is silent:
   valued at ``r_max / (1 - gamma)`` with ``r_max`` the largest reward seen so far (R-max with a
   single visit), which drives systematic exploration. States that ended an episode are terminal
   in the model (value 0).
+* The bandit algorithms keep per-observation arm statistics (a bandit has one observation; on an
+  MDP they are contextual bandits that ignore transitions) and pull every untried arm of an
+  observation first, lowest index first. Epsilon-greedy uses a constant ``eps`` (0.1 by default)
+  over sample means. UCB1 uses the UCB1-Tuned bonus of Auer et al. (2002),
+  ``sqrt(ln n / n_a * min(1/4, V_a))`` with ``V_a`` the arm's sample variance plus
+  ``sqrt(2 ln n / n_a)``: AnyMDP rewards are not in [0, 1] and are often noiseless, and plain
+  UCB1's bonus, sized for [0, 1] rewards, then explores far too long (measured on ``bandit-5``:
+  0.26 normalised return against 0.88 for epsilon-greedy). Thompson sampling is Gaussian with the
+  noise variance estimated from the pulls: arm ``a`` is drawn from ``N(mean_a, s^2 / n_a)``, ``s^2``
+  the pooled within-arm sample variance (the unit-variance textbook form scored 0.31, for the same
+  reason); noiseless tasks make it greedy after one pull of each arm.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from anymdp_gym.dynamics import seed_streams, uniform
+from anymdp_gym.dynamics import normal, seed_streams, uniform
 from anymdp_gym.planning import value_iteration
 from anymdp_gym.task import Task
 
@@ -267,3 +279,72 @@ class ModelBasedSolver(_Noisy):
         model_plan(self.counts, self.n_sa, self.r_sum, self._lo, self.seen_lo, self.seen_hi,
                    self.terminal_seen, self.r_max, self._order, self.gamma, self.c, self.sweeps,
                    self.values, self.greedy)
+
+
+class _ArmStatistics(_Seeded):
+    """Pull counts and reward sums per observation and arm; untried arms are pulled first."""
+
+    def __init__(self, n_obs: int, n_actions: int, seed):
+        super().__init__(n_actions, seed)
+        self.pulls = np.zeros((int(n_obs), self.n_actions), np.int64)
+        self.r_sum = np.zeros((int(n_obs), self.n_actions))
+        self.r_sq = np.zeros((int(n_obs), self.n_actions))
+
+    def act(self, obs: int) -> int:
+        untried = np.flatnonzero(self.pulls[obs] == 0)
+        return int(untried[0]) if untried.size else self._choose(int(obs))
+
+    def update(self, obs, action, reward, next_obs, terminated, truncated=False) -> None:
+        self.pulls[obs, action] += 1
+        self.r_sum[obs, action] += reward
+        self.r_sq[obs, action] += reward * reward
+
+    def _means(self, obs: int) -> np.ndarray:
+        return self.r_sum[obs] / np.maximum(self.pulls[obs], 1)
+
+    def _square_deviations(self, obs: int) -> np.ndarray:
+        """Per arm, the sum of squared deviations from its sample mean."""
+        return np.maximum(self.r_sq[obs] - self.r_sum[obs] * self._means(obs), 0.0)
+
+
+class EpsilonGreedySolver(_ArmStatistics):
+    """Greedy in the sample mean reward of each arm, a uniformly random arm with probability ``eps``."""
+
+    def __init__(self, n_obs: int, n_actions: int, *, eps: float = 0.1, seed=None):
+        super().__init__(n_obs, n_actions, seed)
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"eps must be in [0, 1], got {eps}")
+        self.eps = float(eps)
+
+    def _choose(self, obs: int) -> int:
+        if fires(self.eps, self._rng, 0):
+            return random_action(self.n_actions, self._rng, 0)
+        return argmax_row(self._means(obs))
+
+
+class UCB1Solver(_ArmStatistics):
+    """Sample mean plus the UCB1-Tuned bonus (module doc), ``n`` the pulls so far in the observation."""
+
+    def __init__(self, n_obs: int, n_actions: int, *, seed=None):
+        super().__init__(n_obs, n_actions, seed)
+
+    def _choose(self, obs: int) -> int:
+        n = self.pulls[obs]
+        log_n = np.log(n.sum())
+        variance = self._square_deviations(obs) / n + np.sqrt(2.0 * log_n / n)
+        return argmax_row(self._means(obs) + np.sqrt(log_n / n * np.minimum(0.25, variance)))
+
+
+class ThompsonSolver(_ArmStatistics):
+    """Gaussian Thompson sampling with an estimated noise variance: arm ``a`` drawn from
+    ``N(mean_a, s^2 / n_a)`` (module doc)."""
+
+    def __init__(self, n_obs: int, n_actions: int, *, seed=None):
+        super().__init__(n_obs, n_actions, seed)
+
+    def _choose(self, obs: int) -> int:
+        n = self.pulls[obs]
+        dof = n.sum() - self.n_actions
+        s2 = self._square_deviations(obs).sum() / dof if dof > 0 else 0.0
+        draws = np.array([normal(self._rng, 0) for _ in range(self.n_actions)])
+        return argmax_row(self._means(obs) + draws * np.sqrt(s2 / n))

@@ -1,8 +1,8 @@
-"""Can the policy path learn in-context rules at all? A few-minute probe before a long demo run.
+"""Can the policy path learn in-context rules at all? A few-minute probe before a long ladder run.
 
 The policy head is trained without the world-model terms (weights 0; the config's behaviour-cloning
-term, ``loss.behaviour``, stays), with no context warm-up, on the demo's generated sequences, with
-the label replaced by a rule computable from the visible history:
+term, ``loss.behaviour``, stays), with no context warm-up, on a ladder rung's generated sequences
+(default the 16-state rung), with the label replaced by a rule computable from the visible history:
 
 * ``previous``: the behaviour action of the previous step (local: one step back);
 * ``majority``: the most frequent behaviour action so far in the sequence (a count over the whole
@@ -11,7 +11,7 @@ the label replaced by a rule computable from the visible history:
   current observation (recall keyed on the state: what an in-context policy is built from);
 * ``state_best_reward``: the action with the highest mean immediate reward so far in the current
   observation (the simplest rule that uses rewards);
-* ``label``: the real label (the generator's ``label_policy``, opt3 as the demo trains on).
+* ``label``: the real label (the generator's ``label_policy``, opt3 as the rungs train on).
 
 For each it prints the policy loss and accuracy, averaged over the last ``--tail`` steps, and two
 references, the agreement of the target with a rule over the same steps:
@@ -25,10 +25,10 @@ references, the agreement of the target with a rule over the same steps:
   "data.generator.policy_weights={random_drift: 1.0}"`` the behaviour says nothing about the label,
   so an accuracy above chance (1 / A) can only come from rewards and transitions.
 
-Why a probe: a 50-minute demo run whose policy stays at ln A says only that it failed; this says
+Why a probe: a 50-minute ladder run whose policy stays at ln A says only that it failed; this says
 whether the mechanism the policy needs is learnable by the model of the config, in minutes.
 
-    python benchmarks/policy_probe.py                   # configs/demo.yaml, 150 steps per target
+    python benchmarks/policy_probe.py                   # configs/ladder/anymdp-16.yaml, 150 steps per target
     python benchmarks/policy_probe.py --set model.n_heads=4 --targets majority
     python benchmarks/policy_probe.py --targets label --set loss.behaviour=0   # without behaviour cloning
     python benchmarks/policy_probe.py --targets label --set "data.generator.policy_weights={random_drift: 1.0}"
@@ -115,7 +115,7 @@ def probe(cfg, target: str, tail: int) -> tuple[float, float, float, float]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "configs" / "ladder" / "anymdp-16.yaml"))
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, of {', '.join(TARGETS)}")
     parser.add_argument("--steps", type=int, default=150, help="optimiser steps per target")

@@ -20,7 +20,7 @@ one at or above the state estimate shows no use of the action; one near the pair
 the world model an in-context policy can build on (it may beat both: it can learn the task
 prior, which counting ignores). ``ln S`` is knowing nothing.
 
-    python benchmarks/world_model_probe.py                          # configs/demo.yaml, 300 steps
+    python benchmarks/world_model_probe.py                          # configs/ladder/anymdp-16.yaml, 300 steps
     python benchmarks/world_model_probe.py --set model.mixer=swa model.window=768
     python benchmarks/world_model_probe.py --set "data.generator.policy_weights={random_drift: 1.0}"
 """
@@ -85,7 +85,7 @@ def probe(cfg, tail: int, alpha: float) -> tuple[float, float, float, float]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
+    parser.add_argument("--config", default=str(ROOT / "configs" / "ladder" / "anymdp-16.yaml"))
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--steps", type=int, default=300, help="optimiser steps")
     parser.add_argument("--tail", type=int, default=30, help="final steps averaged in the report")

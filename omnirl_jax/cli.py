@@ -17,10 +17,21 @@ from omnirl_jax.config import load_config
 from omnirl_jax.typed_config import ConfigError
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` lists each option's default, except where there is none to show (None)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="omnirl-train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="omnirl-train", description=__doc__.split("\n")[0].replace("``", ""),
+        formatter_class=HelpFormatter,
+        epilog="example: omnirl-train --config configs/cpu.yaml --workdir runs/cpu --set train.steps=1000",
+    )
     parser.add_argument("--config", required=True, help="YAML config file (see configs/)")
-    parser.add_argument("--workdir", help="run directory; default runs/<config name>")
+    parser.add_argument("--workdir", help="run directory (checkpoints, metrics, config.yaml); default runs/<config name>")
     parser.add_argument(
         "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
         help="override a config value by dotted key (value parsed as YAML), e.g. train.steps=1000",

@@ -19,8 +19,8 @@ from omnirl_jax.config import MeshConfig
 from omnirl_jax.typed_config import ConfigError
 
 PARTITION_RULES: tuple[tuple[str, P], ...] = (
-    (r"mixer/(q_proj|k_proj|v_proj|out_gate|decay_proj)/kernel$", P(None, "model")),
-    (r"mixer/decay_proj/bias$", P("model")),
+    (r"mixer/(q_proj|k_proj|v_proj|out_gate|decay_proj|beta_proj)/kernel$", P(None, "model")),
+    (r"mixer/(decay_proj|beta_proj)/bias$", P("model")),
     (r"mixer/o_proj/kernel$", P("model", None)),
     (r"mlp/(gate_proj|up_proj)/kernel$", P(None, "model")),
     (r"mlp/down_proj/kernel$", P("model", None)),

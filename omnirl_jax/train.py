@@ -221,15 +221,21 @@ def train(
     *,
     devices: Optional[list] = None,
     progress: bool = True,
+    log: Callable[[str], None] = print,
 ) -> list[dict]:
     """Trains to ``cfg.train.steps`` optimiser steps, resuming from ``workdir`` if it holds a
-    checkpoint. Returns the logged metric rows of this run."""
+    checkpoint. Returns the logged metric rows of this run.
+
+    ``log`` gets one line each for what a user should know (primary host only): fresh start or
+    resume (and from which step), where metrics and checkpoints go, that the first step compiles,
+    and at the end the last metrics and the newest checkpoint."""
     workdir = Path(workdir)
     mesh = sharding.make_mesh(cfg.mesh, devices)
     setup = Setup.create(cfg, mesh)
     if cfg.checkpoint.best_metric is not None and cfg.checkpoint.best_metric not in step_metrics(cfg):
         raise ConfigError(f"config key 'checkpoint.best_metric': {cfg.checkpoint.best_metric!r} is not one of {list(step_metrics(cfg))}")
     is_main = jax.process_index() == 0
+    say = log if is_main else (lambda _: None)
     workdir.mkdir(parents=True, exist_ok=True)
     if is_main:
         (workdir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -240,11 +246,23 @@ def train(
         restored = checkpointer.restore(setup.abstract_state)
         if restored is None:
             state, start = setup.init_state(), 0
+            say(f"starting fresh in {workdir} (no checkpoint in {checkpointer.directory})")
         else:
             state, loader_states, start = restored
             batches.restore(loader_states["processes"][jax.process_index()])
+            say(f"resuming from step {start} of {checkpointer.directory}")
         writer = MetricsWriter(workdir, start, enabled=is_main)
-        return _run(setup, state, start, batches, checkpointer, writer, progress and is_main)
+        if start >= cfg.train.steps:
+            say(f"nothing to train: step {start} already reaches train.steps={cfg.train.steps}")
+            return []
+        say(f"training steps {start + 1}..{cfg.train.steps}; metrics to {workdir / 'metrics.csv'} and "
+            f"{workdir / 'tensorboard'}, checkpoints every {cfg.checkpoint.every} steps to {checkpointer.directory}")
+        say("the first step compiles the model: a minute or more without progress is expected")
+        history = _run(setup, state, start, batches, checkpointer, writer, progress and is_main)
+        last = history[-1]
+        say(f"done: step {last['step']}, loss {last['loss']:.4f}, policy accuracy {last['policy_accuracy']:.3f}, "
+            f"{last['tokens_per_s']:.3g} tokens/s; checkpoint {checkpointer.directory / str(cfg.train.steps)}")
+        return history
     finally:
         checkpointer.close()
         if writer is not None:

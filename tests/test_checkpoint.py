@@ -69,12 +69,31 @@ def runs(tmp_path_factory):
     cfg = tiny_config()
     devices = jax.devices()[:1]
     straight = tmp_path_factory.mktemp("straight")
-    history = train(cfg, straight, batches(), devices=devices, progress=False)
+    history = train(cfg, straight, batches(), devices=devices, progress=False, log=lambda _: None)
     resumed = tmp_path_factory.mktemp("resumed")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg, resumed, CrashAfter(batches(), 4), devices=devices, progress=False)
-    resumed_history = train(cfg, resumed, batches(), devices=devices, progress=False)
+        train(cfg, resumed, CrashAfter(batches(), 4), devices=devices, progress=False, log=lambda _: None)
+    resumed_history = train(cfg, resumed, batches(), devices=devices, progress=False, log=lambda _: None)
     return cfg, straight, history, resumed, resumed_history
+
+
+def test_train_says_whether_it_starts_fresh_or_resumes(runs, tmp_path):
+    """A user sees, in one line each, a fresh start or a resume with its step, and a finished run
+    that has nothing left to do."""
+    _, straight, *_ = runs
+    cfg, lines, devices = tiny_config(), [], jax.devices()[:1]
+    cfg.train.steps = 3
+    train(cfg, tmp_path, batches(), devices=devices, progress=False, log=lines.append)
+    assert lines[0].startswith("starting fresh") and not any("resum" in line for line in lines)
+    assert any("compiles" in line for line in lines) and lines[-1].startswith("done: step 3,")
+    lines.clear()
+    cfg.train.steps = 6
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, tmp_path, CrashAfter(batches(), 1), devices=devices, progress=False, log=lines.append)
+    assert lines[0] == f"resuming from step 3 of {tmp_path / 'checkpoints'}"
+    lines.clear()
+    assert train(cfg, straight, batches(), devices=devices, progress=False, log=lines.append) == []
+    assert lines[0].startswith("resuming from step 6") and lines[-1].startswith("nothing to train")
 
 
 def test_resume_after_crash_equals_uninterrupted_run(runs):

@@ -82,3 +82,13 @@ def test_end_to_end_writes_reports(workdir, tmp_path):
     assert len(rows) == 2 * 5 * 2 and {r["step"] for r in rows} == {"128", "256"}
     assert (out / "summary.csv").is_file()
     assert (out / "anymdp-16_online.png").stat().st_size > 0 and (out / "anymdp-16_offline.png").is_file()
+
+
+def test_bandit_suite_plays_the_bandit_baselines(tmp_path):
+    """bandit-5 without a model: its own baselines by default; the bandit algorithms land between
+    random (0) and oracle (1), and well above random over 256 pulls."""
+    results = run(None, ["bandit-5"], modes=["online"], out=tmp_path, n_tasks=8, log=lambda *_: None)
+    scores = {r.agent: np.nanmean(r.scores) for r in results}
+    assert set(scores) == {"random", "oracle", "epsilon_greedy", "ucb1", "thompson"}
+    assert abs(scores["oracle"] - 1) < 0.1 and abs(scores["random"]) < 0.2
+    assert all(0.4 < scores[a] < 1.05 for a in ("epsilon_greedy", "ucb1", "thompson")), scores

@@ -172,3 +172,22 @@ def test_bad_config_one_line_error_naming_the_field(field, value):
 def test_bad_seed_or_ids(seed, ids):
     with pytest.raises(ValueError):
         SequenceGenerator(GeneratorConfig(n_states=8), seed, ids)
+
+
+def test_bandit_sequences_are_all_pulls():
+    """n_states = 1: every record is a pull (no null terminal records), every pull ends an episode,
+    and the label is the sequence's one best arm."""
+    out = SequenceGenerator(GeneratorConfig(n_states=1, n_actions=5, seq_len=600), 0, range(16)).run(600)
+    assert not np.any(out["obs"]) and np.all(out["action"] < 5) and np.all(out["episode_end"])
+    assert np.all(out["label"] == out["label"][:, :1]) and len(np.unique(out["label"][:, 0])) > 1
+    best_seen = 0
+    for action, reward, label in zip(out["action"], out["reward"], out["label"][:, 0]):
+        means = [reward[action == a].mean() if np.any(action == a) else -np.inf for a in range(5)]
+        best_seen += int(np.argmax(means) == label)
+    assert best_seen >= 12  # the label is (nearly always) the arm that paid best
+
+
+@pytest.mark.parametrize("fields", [{"n_states": 4}, {"n_states": 1, "task_family": "garnet"}, {"n_states": 1, "min_states": 8}])
+def test_bandit_config_errors(fields):
+    with pytest.raises(ValueError, match="n_states"):
+        GeneratorConfig(**fields).validate()

@@ -30,6 +30,7 @@ def batch():
 VARIANTS = {
     "gla": {"mixer": "gla"},
     "swa": {"mixer": "swa"},
+    "delta": {"mixer": "delta"},
     # Pair embedding, token convolution and a head width apart from d_model / n_heads.
     "gla-pair-conv": {"mixer": "gla", "pair_embed": True, "token_conv": 8, "head_dim": 12},
     # Three tokens per step, and the reward token carrying the reward-scaled pair.

@@ -6,10 +6,13 @@ import pytest
 from anymdp_gym import add_emission, policy_evaluation, sample_task, value_iteration
 from anymdp_gym.dynamics import compile_tasks, reset_env, seed_streams, step_env
 from anymdp_gym.solvers import (
+    EpsilonGreedySolver,
     ModelBasedSolver,
     OracleSolver,
     QLearningSolver,
     RandomSolver,
+    ThompsonSolver,
+    UCB1Solver,
     model_plan,
     model_update,
     q_learning_update,
@@ -196,3 +199,28 @@ def test_noise_decays_by_half_life():
 def test_bad_solver_arguments(make):
     with pytest.raises(ValueError):
         make()
+
+
+@pytest.mark.parametrize("name", ["epsilon_greedy", "ucb1", "thompson"])
+def test_bandit_solvers_try_every_arm_then_exploit(name):
+    cls = {"epsilon_greedy": EpsilonGreedySolver, "ucb1": UCB1Solver, "thompson": ThompsonSolver}[name]
+    means = np.array([0.3, 0.9, 0.5, 0.1, 0.6])
+    rng = np.random.default_rng(0)
+    solver, pulls = cls(1, 5, seed=0), []
+    for _ in range(400):
+        a = solver.act(0)
+        pulls.append(a)
+        solver.update(0, a, means[a] + 0.1 * rng.normal(), 0, True)
+    assert pulls[:5] == [0, 1, 2, 3, 4]  # untried arms first, lowest index first
+    assert np.mean(np.array(pulls[200:]) == 1) > 0.85
+    # Same seed, same pulls.
+    again = cls(1, 5, seed=0)
+    rng = np.random.default_rng(0)
+    for a in pulls[:50]:
+        assert again.act(0) == a
+        again.update(0, a, means[a] + 0.1 * rng.normal(), 0, True)
+
+
+def test_epsilon_greedy_rejects_bad_eps():
+    with pytest.raises(ValueError, match="eps"):
+        EpsilonGreedySolver(1, 5, eps=1.5)

@@ -45,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="output directory (shards + manifest.json)")
     p.add_argument("--config", help="YAML file of GeneratorConfig fields (flags below override it)")
-    p.add_argument("--n-states", type=int, help="observation ids per task (>= 8)")
+    p.add_argument("--n-states", type=int, help="observation ids per task (>= 8; 1: multi-armed bandits)")
     p.add_argument("--n-actions", type=int, help="actions per task")
     p.add_argument("--seq-len", type=int, help="steps per sequence")
     p.add_argument("--num-sequences", type=int, default=64, help="sequences in the whole data set (default 64)")
@@ -223,7 +223,10 @@ def main(argv=None) -> int:
         return 2
     if todo:
         rows = sum(len(spec.shard_ids(i)) for i in todo)
-        generate(args.out, spec, todo, min(args.workers, rows))
+        workers = min(args.workers, rows)
+        print(f"omnirl-generate: writing {len(todo)} shard(s) of {args.out} ({rows} sequences of "
+              f"{spec.config.seq_len} steps, {workers} worker(s)); {len(indices) - len(todo)} already valid")
+        generate(args.out, spec, todo, workers)
     print(f"{args.out}: {len(indices)} shard(s) complete ({len(todo)} written, {len(indices) - len(todo)} already valid)")
     return 0
 

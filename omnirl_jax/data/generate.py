@@ -16,6 +16,9 @@ Step records (see ``omnirl_jax.data.schema``; dtypes in ``STEP_DTYPES``):
   the new episode's first observation follows;
 * truncation at ``max_steps`` (a time limit, not a state of the task) starts the next episode
   directly, without a terminal record: the agent never sees a null action for a time-out;
+* a bandit (``n_states == 1``) ends every episode on its one state, and that terminal record
+  would say nothing (the only observation, the null action, reward 0): it is left out, so every
+  record of a bandit sequence is a pull and half the tokens are not spent on null steps;
 * ``episode_end[t]`` is True on the last record of every episode (the terminal record, or the
   last action of a truncated episode): ``obs[t + 1]`` is then a reset, not a consequence of
   ``action[t]``, so a world-model loss should skip it there.
@@ -73,7 +76,9 @@ class GeneratorConfig:
     """Every generation setting (the one source of truth); ``validate`` before use."""
 
     n_states: int = 16
-    """Observation ids of states (>= 8)."""
+    """Observation ids of states (>= 8), or 1: multi-armed bandits (``anymdp_gym.sampling``: every
+    pull is a one-step episode that ends by truncation, so a sequence holds no terminal records
+    and every step is a pull)."""
     n_actions: int = 5
     min_states: Optional[int] = None
     """If set, each task has ``randint(min_states, n_states + 1)`` active states."""
@@ -133,8 +138,10 @@ class GeneratorConfig:
             if not (lo <= x[0] <= x[1] and ok_hi):
                 bad(field, f"must satisfy {lo} <= lo <= hi {'<=' if closed_hi else '<'} {hi}, got {x!r}")
 
-        if not is_int(self.n_states) or not 8 <= self.n_states <= np.iinfo(STEP_DTYPES["obs"]).max:
-            bad("n_states", f"must be an integer in [8, 65535], got {self.n_states!r}")
+        if not is_int(self.n_states) or not (8 <= self.n_states <= np.iinfo(STEP_DTYPES["obs"]).max or self.n_states == 1):
+            bad("n_states", f"must be an integer in [8, 65535], or 1 for bandits, got {self.n_states!r}")
+        if self.n_states == 1 and (self.task_family != "anymdp" or self.min_states is not None):
+            bad("n_states", "1 (bandits) needs task_family 'anymdp' and min_states None")
         if not is_int(self.n_actions) or not 2 <= self.n_actions < np.iinfo(STEP_DTYPES["action"]).max:
             bad("n_actions", f"must be an integer in [2, 254] (id n_actions is the null action), got {self.n_actions!r}")
         if self.min_states is not None and not (is_int(self.min_states) and 8 <= self.min_states <= self.n_states):
@@ -172,7 +179,7 @@ class GeneratorConfig:
         for field in ("min_forward", "min_backward"):
             if not is_int(getattr(self, field)) or getattr(self, field) < 1:
                 bad(field, f"must be an integer >= 1, got {getattr(self, field)!r}")
-        if not is_int(self.garnet_branching) or not 1 <= self.garnet_branching <= (self.min_states or self.n_states):
+        if self.task_family == "garnet" and not (is_int(self.garnet_branching) and 1 <= self.garnet_branching <= (self.min_states or self.n_states)):
             bad("garnet_branching", f"must be an integer in [1, active states], got {self.garnet_branching!r}")
         return self
 
@@ -264,7 +271,7 @@ def _start(tables, env, st, prm, n_actions):
 
 
 @njit(cache=True)
-def _run(tables, env, st, prm, n_actions, obs_out, action_out, label_out, reward_out, prompt_out, tag_out, end_out):
+def _run(tables, env, st, prm, n_actions, terminal_records, obs_out, action_out, label_out, reward_out, prompt_out, tag_out, end_out):
     """Advance every sequence by ``obs_out.shape[1]`` records (the module doc's step schema).
 
     A sequence's changing scalars live in locals for the chunk and are stored back at its end.
@@ -316,10 +323,10 @@ def _run(tables, env, st, prm, n_actions, obs_out, action_out, label_out, reward
             last_tag = tag
             s, o = s2, o2
             episode_step += 1
-            if terminated:
+            if terminated and terminal_records:
                 pending = True
                 end_out[j, t] = False
-            elif episode_step >= max_steps:
+            elif terminated or episode_step >= max_steps:
                 end_out[j, t] = True
                 s, o = reset_env(tables, j, env_rng)
                 episode_step = 0
@@ -386,7 +393,7 @@ class SequenceGenerator:
             raise ValueError(f"run({n_steps}) after {self.steps_done} steps passes seq_len={self.config.seq_len}")
         shape = (self.sequence_ids.size, int(n_steps))
         out = {name: np.empty(shape, dtype) for name, dtype in STEP_DTYPES.items()}
-        _run(self.tables, self._env, self._state, self._params, self.config.n_actions, out["obs"], out["action"],
+        _run(self.tables, self._env, self._state, self._params, self.config.n_actions, self.config.n_states > 1, out["obs"], out["action"],
              out["label"], out["reward"], out["prompt"], out["tag"], out["episode_end"])
         self.steps_done += int(n_steps)
         return out

@@ -6,7 +6,8 @@ records what the agent saw and did: observation ``obs[t]``, behaviour action ``a
 ``opt3``, would do in that state), ``prompt[t]`` (id of the label policy) and ``tag[t]`` (which kind
 of policy produced ``action[t]``, or ``unk`` when hidden). When an episode ends, the terminal
 observation is recorded as its own step with the null action ``n_actions`` and reward 0; its
-label is also the null action (no policy loss there). ``next_obs[t]`` is ``obs[t + 1]`` (the
+label is also the null action (no policy loss there); a bandit (one state, every pull a one-step
+episode) has no terminal records, its terminal observation being the only observation. ``next_obs[t]`` is ``obs[t + 1]`` (the
 world-model target); it is meaningless where ``action[t]`` is null (the next step is a reset).
 
 The loader yields batches of segments: every array has shape ``[batch, segment_len]`` except the

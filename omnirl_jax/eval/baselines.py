@@ -3,7 +3,9 @@
 * **random** and **oracle** run as table policies inside ``rollout.table_rollout`` (the oracle's
   table is ``anymdp_gym.solvers.OracleSolver``'s greedy action per observation id).
 * **q_learning** and **model_based** are ``anymdp_gym.solvers.QLearningSolver`` and
-  ``ModelBasedSolver``, driven step by step from Python (one object per task) against the very
+  ``ModelBasedSolver``, and the bandit algorithms **epsilon_greedy**, **ucb1** and **thompson**
+  are ``EpsilonGreedySolver``, ``UCB1Solver`` and ``ThompsonSolver`` (textbook settings, that
+  module's doc), driven step by step from Python (one object per task) against the very
   same ``env_jax`` dynamics, for the same number of interaction steps as the model. In the
   offline and imitation modes they first ``update`` on the context's transitions, as the model
   first reads them.
@@ -30,14 +32,21 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from anymdp_gym.solvers import ModelBasedSolver, OracleSolver, QLearningSolver
+from anymdp_gym.solvers import (
+    EpsilonGreedySolver,
+    ModelBasedSolver,
+    OracleSolver,
+    QLearningSolver,
+    ThompsonSolver,
+    UCB1Solver,
+)
 from anymdp_gym.task import Task
 from omnirl_jax.eval import env_jax
 from omnirl_jax.eval.rollout import Records, Trajectory, table_rollout
 
 ORACLE_GAMMA = 0.994
 MIN_GAP = 1e-6
-SOLVERS = ("q_learning", "model_based")
+SOLVERS = ("q_learning", "model_based", "epsilon_greedy", "ucb1", "thompson")
 BASELINES = ("random", "oracle") + SOLVERS
 
 
@@ -97,6 +106,9 @@ def make_solver(name: str, task: Task, n_obs: int, n_steps: int, seed: int):
     if name == "model_based":
         return ModelBasedSolver(n_obs, task.n_actions, gamma=0.99, c=0.005, sweeps=20, noise=0.5,
                                 noise_halflife=halflife, seed=seed)
+    bandit = {"epsilon_greedy": EpsilonGreedySolver, "ucb1": UCB1Solver, "thompson": ThompsonSolver}
+    if name in bandit:
+        return bandit[name](n_obs, task.n_actions, seed=seed)
     raise ValueError(f"unknown solver baseline {name!r}")
 
 

@@ -1,5 +1,6 @@
 """``omnirl-eval``: in-context RL of a trained OmniRL checkpoint on held-out task suites, against
-random, oracle, tabular Q-learning and model-based RL on the same tasks and step budgets.
+each suite's baselines (random, oracle, tabular Q-learning and model-based RL; on bandits
+epsilon-greedy, UCB1 and Thompson sampling) on the same tasks and step budgets.
 
 Modes (spec section 4), all acting with prompt ``opt3``, the model's own steps tagged ``unk``:
 
@@ -40,15 +41,16 @@ from omnirl_jax import sharding
 from omnirl_jax.eval import env_jax
 from omnirl_jax.eval.baselines import SOLVERS, normalise, oracle_table, reference_returns, solver_baseline, table_baseline
 from omnirl_jax.checkpoint import CheckpointError, Checkpointer
+from omnirl_jax.cli import HelpFormatter
 from omnirl_jax.config import Config, MeshConfig, load_config
 from omnirl_jax.data.schema import TAG_ID
 from omnirl_jax.eval.rollout import ModelRunner, behaviour_records
-from omnirl_jax.eval.suites import Suite, get_suite
+from omnirl_jax.eval.suites import SUITES, Suite, get_suite
 from omnirl_jax.train import Setup, build_model
 from omnirl_jax.typed_config import ConfigError
 
 MODES = ("online", "offline", "imitation")
-AGENTS = ("model", "random", "oracle", "q_learning", "model_based")
+AGENTS = ("model", "random", "oracle") + SOLVERS
 OFFLINE_EPS = 0.5
 OFFLINE_GAMMA = 0.5
 
@@ -288,15 +290,16 @@ def summary_table(results: Sequence[Result]) -> str:
 
 # --------------------------------------------------------------------------- entry point
 def run(checkpoint: Optional[str], suites: Sequence[str], *, modes: Sequence[str] = MODES,
-        agents: Sequence[str] = AGENTS, out: str | Path = "eval", n_tasks: Optional[int] = None,
+        agents: Optional[Sequence[str]] = None, out: str | Path = "eval", n_tasks: Optional[int] = None,
         steps: Optional[int] = None, window: Optional[int] = None, context_steps: Optional[int] = None,
         seed: int = 0, temperature: float = 1.0, step: Optional[int] = None, log=print) -> list[Result]:
     """Evaluates ``agents`` on ``suites`` (names of ``suites.SUITES``) and writes the reports.
 
-    ``checkpoint`` may be None when ``agents`` holds no ``model`` (baselines only, vocabulary of
-    each suite's own size). Raises ``EvalError`` with a one-line message on bad input.
+    ``agents`` None means the model (when a ``checkpoint`` is given) and each suite's own
+    ``Suite.baselines``. ``checkpoint`` may be None when ``agents`` holds no ``model`` (baselines
+    only, vocabulary of each suite's own size). Raises ``EvalError`` with a one-line message on bad input.
     """
-    for name, given, known in (("mode", modes, MODES), ("agent", agents, AGENTS)):
+    for name, given, known in (("mode", modes, MODES), ("agent", agents or (), AGENTS)):
         for x in given:
             if x not in known:
                 raise EvalError(f"unknown {name} {x!r} (known: {', '.join(known)})")
@@ -304,8 +307,10 @@ def run(checkpoint: Optional[str], suites: Sequence[str], *, modes: Sequence[str
         suite_defs = [get_suite(s) for s in suites]
     except ValueError as e:
         raise EvalError(str(e)) from None
+    model_first = ("model",) if checkpoint is not None else ()
+    agents_of = {suite.name: tuple(agents) if agents is not None else model_first + suite.baselines for suite in suite_defs}
     model = None
-    if "model" in agents:
+    if any("model" in a for a in agents_of.values()):
         if checkpoint is None:
             raise EvalError("--checkpoint is required to evaluate the model")
         model = load_model(checkpoint, step)
@@ -331,7 +336,7 @@ def run(checkpoint: Optional[str], suites: Sequence[str], *, modes: Sequence[str
         for group in groups:
             n_obs = model.n_states if model else suite.group_size(group)[0]
             n_act = model.n_actions if model else suite.group_size(group)[1]
-            results += evaluate_group(model, suite, group, modes, agents, n_obs=n_obs, n_actions=n_act,
+            results += evaluate_group(model, suite, group, modes, agents_of[suite.name], n_obs=n_obs, n_actions=n_act,
                                       n_tasks=n_tasks, steps=n_steps, window=win,
                                       context_steps=context_steps or suite.context_steps, seed=seed,
                                       temperature=temperature, log=log)
@@ -348,13 +353,15 @@ def _csv_list(text: str) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="omnirl-eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="omnirl-eval", description=" ".join(__doc__.split("\n\n")[0].replace("``", "").split()),
+        formatter_class=HelpFormatter,
+        epilog="example: omnirl-eval --checkpoint runs/cpu --suite anymdp-16 --modes online --out runs/cpu/eval")
     parser.add_argument("--checkpoint", help="workdir of an omnirl-train run (holds config.yaml and checkpoints/)")
-    parser.add_argument("--suite", required=True, type=_csv_list, help="comma-separated suites: "
-                        "anymdp-16, anymdp-32, anymdp-64, anymdp-128, garnet-16, gym")
-    parser.add_argument("--modes", type=_csv_list, default=list(MODES), help="comma-separated: online,offline,imitation")
-    parser.add_argument("--agents", type=_csv_list, default=list(AGENTS),
-                        help="comma-separated: model,random,oracle,q_learning,model_based")
+    parser.add_argument("--suite", required=True, type=_csv_list, help="comma-separated suites, of " + ", ".join(SUITES))
+    parser.add_argument("--modes", type=_csv_list, default=",".join(MODES), help="comma-separated, of " + ",".join(MODES))
+    parser.add_argument("--agents", type=_csv_list, help=f"comma-separated, of {','.join(AGENTS)} "
+                        "(default: the model and the suite's own baselines)")
     parser.add_argument("--out", default="eval", help="directory for CSV and PNG files")
     parser.add_argument("--tasks", type=int, help="tasks per group (default: the suite's)")
     parser.add_argument("--steps", type=int, help="interaction steps per task and mode (default: the suite's)")

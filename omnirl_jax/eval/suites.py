@@ -12,7 +12,9 @@ Gymnasium tasks are fixed; a suite plays ``n_tasks`` relabellings of each (``gym
 relabelling seeds ``SeedSequence([EVAL_SEED, i])``.
 
 Windows are at least as long as the longest episode of the family (AnyMDP: ``max_steps`` is at
-most ``max(min(8 S, 500), 4 S + 1)``), so every window of every task holds an episode end.
+most ``max(min(8 S, 500), 4 S + 1)``; a bandit pull is an episode), so every window of every task
+holds an episode end. Step budgets match the ladder rungs' training sequences
+(``configs/ladder``), so the model is never asked to act beyond its context.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from anymdp_gym.sampling import sample_garnet_task, sample_task
 from anymdp_gym.task import Task
 from omnirl_jax.eval.gym_adapter import GYM_TASKS, gym_size, task_from_gym
 
+MDP_BASELINES = ("random", "oracle", "q_learning", "model_based")
+BANDIT_BASELINES = ("random", "oracle", "epsilon_greedy", "ucb1", "thompson")
+
 EVAL_SEED = 0x0E7A1
 """Entropy word reserved for evaluation tasks; never use it as a training data seed."""
 
@@ -35,7 +40,8 @@ class Suite:
     name: str
     family: Literal["anymdp", "garnet", "gym"]
     n_states: int = 16
-    """States (and observation ids) of AnyMDP / GARNET tasks; unused by ``gym``."""
+    """States (and observation ids) of AnyMDP / GARNET tasks (AnyMDP with 1: multi-armed bandits);
+    unused by ``gym``."""
     n_actions: int = 5
     n_tasks: int = 64
     """Tasks (AnyMDP / GARNET), or relabellings of each Gymnasium task."""
@@ -47,6 +53,8 @@ class Suite:
     context_steps: int = 2048
     """Records of behaviour shown before acting in the offline and imitation modes."""
     gym_tasks: tuple[str, ...] = ()
+    baselines: tuple[str, ...] = MDP_BASELINES
+    """Agents played beside the model by default (``omnirl-eval --agents`` overrides)."""
 
     def groups(self) -> list[str]:
         """The task groups reported separately: one per Gymnasium task, else the suite itself."""
@@ -72,6 +80,8 @@ class Suite:
 SUITES: dict[str, Suite] = {
     s.name: s
     for s in (
+        Suite("bandit-5", "anymdp", n_states=1, steps=256, window=32, context_steps=128, baselines=BANDIT_BASELINES),
+        Suite("anymdp-8", "anymdp", n_states=8, steps=2048, window=256, context_steps=1024),
         Suite("anymdp-16", "anymdp", n_states=16, steps=4096, window=512, context_steps=2048),
         Suite("anymdp-32", "anymdp", n_states=32, steps=8192, window=1024, context_steps=4096),
         Suite("anymdp-64", "anymdp", n_states=64, steps=16384, window=2048, context_steps=8192, n_tasks=32),

@@ -1,4 +1,4 @@
-"""Backbone layers: the two sequence mixers, the gated MLP and the pre-norm residual block.
+"""Backbone layers: the sequence mixers, the gated MLP and the pre-norm residual block.
 
 Every mixer has ``init_state(batch)`` and ``__call__(x, state) -> (y, state)``: the state is what
 is carried across segments (a fixed size, whatever the sequence length).
@@ -64,12 +64,29 @@ class GatedLinearAttention(nnx.Module):
     def __call__(self, x, state):
         batch, length, _ = x.shape
         heads = lambda y: y.reshape(batch, length, self.n_heads, self.head_dim)
-        q = heads(self.q_proj(x)) * self.head_dim**-0.5
-        k, v = heads(self.k_proj(x)), heads(self.v_proj(x))
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         log_decay = jax.nn.log_sigmoid(self.decay_proj(x).astype(jnp.float32)) / self.gate_temperature
-        out, state = gla_chunked(q, k, v, log_decay, state, self.chunk_size)
+        out, state = self.mix(x, q, k, v, log_decay, state)
         out = self.head_norm(out).reshape(batch, length, -1).astype(x.dtype)
         return self.o_proj(out * jax.nn.silu(self.out_gate(x))), state
+
+    def mix(self, x, q, k, v, log_decay, state):
+        return gla_chunked(q * self.head_dim**-0.5, k, v, log_decay, state, self.chunk_size)
+
+
+class GatedDeltaNet(GatedLinearAttention):
+    """GLA's layer with the gated delta rule (``gla`` module doc): unit-norm queries and keys and
+    a per-head write strength ``beta = sigmoid(x W)``, so a key's slot holds a running average of
+    what was written under it instead of a sum."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        super().__init__(cfg, rngs=rngs)
+        self.beta_proj = _dense(cfg, cfg.d_model, cfg.n_heads, rngs, use_bias=True)
+
+    def mix(self, x, q, k, v, log_decay, state):
+        unit = lambda y: y * jax.lax.rsqrt(jnp.sum(jnp.square(y.astype(jnp.float32)), -1, keepdims=True) + 1e-6)
+        beta = jax.nn.sigmoid(self.beta_proj(x).astype(jnp.float32))
+        return gla_chunked(unit(q), unit(k), v, log_decay, state, self.chunk_size, beta)
 
 
 class SlidingWindowAttention(nnx.Module):
@@ -124,7 +141,7 @@ class GatedMLP(nnx.Module):
         return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-MIXERS = {"gla": GatedLinearAttention, "swa": SlidingWindowAttention}
+MIXERS = {"gla": GatedLinearAttention, "delta": GatedDeltaNet, "swa": SlidingWindowAttention}
 
 
 class Block(nnx.Module):
