@@ -59,21 +59,22 @@ def gla_chunked(q, k, v, log_decay, state, chunk_size: int, beta=None):
 
     causal = jnp.tril(jnp.ones((chunk_size, chunk_size), dtype=bool))[None, :, :, None]
     eye = jnp.eye(chunk_size, dtype=jnp.float32)
+    strict = causal[0, :, :, 0] & ~eye.astype(bool)  # [C, C]: j < i
 
     def chunk_step(s, xs):
         qc, kc, vc, gc, bc = xs
         b = jnp.cumsum(gc, axis=1)  # [B, C, H]: log of the decay from chunk start to token i
         # Mask before exp: above the diagonal b_i - b_j > 0 and could overflow.
-        rel = jnp.where(causal, b[:, :, None, :] - b[:, None, :, :], -jnp.inf)
+        decay = jnp.exp(jnp.where(causal, b[:, :, None, :] - b[:, None, :, :], -jnp.inf))  # [B, C, C, H]
+        from_start = jnp.exp(b)[..., None]  # [B, C, H, 1]: decay of the chunk's initial state
         if delta:
             # w_i + beta_i sum_{j<i} e^{b_i - b_j} (k_i . k_j) w_j = beta_i (v_i - e^{b_i} k_i S_0)
-            kk = jnp.einsum("bihk,bjhk->bhij", kc, kc) * jnp.moveaxis(jnp.exp(rel), 3, 1)
-            lower = jnp.moveaxis(bc, 1, 2)[..., None] * (kk * (1.0 - eye))  # strictly lower [B, H, C, C]
-            rhs = bc[..., None] * (vc - jnp.einsum("bihk,bhkv->bihv", kc * jnp.exp(b)[..., None], s))
-            vc = jnp.einsum("bhij,bjhv->bihv", unit_lower_inverse(eye + lower), rhs)
-        scores = jnp.einsum("bihk,bjhk->bijh", qc, kc) * jnp.exp(rel)
+            lower = bc[:, :, None, :] * jnp.einsum("bihk,bjhk->bijh", kc, kc) * decay * strict[..., None]
+            rhs = bc[..., None] * (vc - jnp.einsum("bihk,bhkv->bihv", kc * from_start, s))
+            vc = jnp.einsum("bhij,bjhv->bihv", unit_lower_inverse(eye + jnp.moveaxis(lower, 3, 1)), rhs)
+        scores = jnp.einsum("bihk,bjhk->bijh", qc, kc) * decay
         out = jnp.einsum("bijh,bjhv->bihv", scores, vc)
-        out += jnp.einsum("bihk,bhkv->bihv", qc * jnp.exp(b)[..., None], s)
+        out += jnp.einsum("bihk,bhkv->bihv", qc * from_start, s)
         b_last = b[:, -1]  # [B, H]
         k_to_end = kc * jnp.exp(b_last[:, None, :] - b)[..., None]
         s = jnp.exp(b_last)[..., None, None] * s + jnp.einsum("bjhk,bjhv->bhkv", k_to_end, vc)
