@@ -232,20 +232,37 @@ def reset_batch(tables, states, steps, rng, values, obs, oracle):
 
 @njit(cache=True)
 def step_batch(tables, states, steps, rng, actions, values, obs, rewards, means, terminated, truncated, oracle, final_obs):
-    """``step_env`` for every env, in two passes with the same draws in the same order.
+    """``step_env`` for every env, in three passes with the same draws in the same order.
 
-    Why two passes: at 4096 tasks the alias records live in DRAM. The first pass only fetches
-    each env's record; its short body lets the CPU keep many envs' misses in flight, where
-    the full step (normal sampler, observation, autoreset) fits only one or two in its
-    out-of-order window (measured: 1.7x faster at S = 16). The second pass spells out
-    ``land`` (the same three draws in the same order; tests compare it with ``step_env``):
-    calling it instead compiled to a loop half as fast, measured.
+    Why passes: at 4096 tasks the tables live in DRAM, and a transition reads two places that
+    depend on each other (the row's ``(offset, width)``, then the alias record it points to).
+    Each of the first two passes makes one of those reads per env with a short loop body, so the
+    CPU keeps many envs' misses in flight, where the full step (normal sampler, observation,
+    autoreset) fits only one or two in its out-of-order window. Measured at 4096 tasks, one
+    thread: the draw in its own pass was 1.7x faster than the whole step in one loop (S = 16);
+    the row read and the record read each in its own pass, against the two together
+    (``benchmarks/bench_limits.py --sections env``, two runs of each, alternating): 10.6 and 15.6
+    M steps/s against 8.8 and 9.1 at S = 16, 7.7 and 7.2 against 6.5 and 5.4 at S = 128. The last pass spells out
+    ``land`` (the same draws in the same order; tests compare it with ``step_env``): calling it
+    instead compiled to a loop half as fast, measured.
     """
     n = states.size
+    record = np.empty(n, np.int64)
+    frac = np.empty(n)
+    for i in range(n):
+        offset = tables.rows[i, states[i], actions[i], 0]
+        u = uniform(rng, i) * tables.rows[i, states[i], actions[i], 1]
+        k = int(u)
+        record[i] = tables.slot_base[i] + offset + k
+        frac[i] = u - k
     nxt = np.empty(n, np.int64)
     std = np.empty(n)
     for i in range(n):
-        nxt[i], means[i], std[i] = draw_transition(tables, i, states[i], actions[i], rng)
+        slot = tables.slots[record[i]]
+        if frac[i] < slot.cut:
+            nxt[i], means[i], std[i] = slot.next, slot.mean, slot.std
+        else:
+            nxt[i], means[i], std[i] = slot.alt_next, slot.alt_mean, slot.alt_std
     for i in range(n):
         s = nxt[i]
         r = means[i] + std[i] * normal(rng, i)

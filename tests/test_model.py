@@ -156,3 +156,17 @@ def test_token_conv_is_a_causal_depthwise_convolution():
     y, state = conv(jnp.asarray(x), conv.init_state(2))
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(state, x[:, -3:])
+
+
+def test_dense_on_flattened_tokens_equals_linear():
+    """``Dense`` flattens [B, L, d] to one token axis for speed; values and gradients stay those
+    of ``nnx.Linear`` with the same parameters."""
+    from omnirl_jax.model.layers import Dense
+
+    dense = Dense(6, 5, rngs=nnx.Rngs(0))
+    linear = nnx.Linear(6, 5, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (3, 7, 6))
+    assert dense(x).shape == (3, 7, 5)
+    np.testing.assert_allclose(dense(x), linear(x), rtol=1e-6, atol=1e-6)
+    grad = lambda m: nnx.grad(lambda m: jnp.sum(jnp.sin(m(x))))(m)
+    np.testing.assert_allclose(grad(dense).kernel[...], grad(linear).kernel[...], rtol=1e-5, atol=1e-6)

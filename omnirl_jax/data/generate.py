@@ -312,7 +312,7 @@ def _run(tables, env, st, prm, n_actions, terminal_records, obs_out, action_out,
             if hide_sequence or hide_episode:
                 tag = pol.TAG_UNK
             s2, o2, r, _, terminated = step_env(tables, j, s, a, env_rng)
-            pol.learn(s, a, r, s2, terminated, learn_q, q, q_alpha, q_gamma,
+            pol.learn(s, a, r, s2, terminated, not terminal_records, learn_q, q, q_alpha, q_gamma,
                       learn_model, counts, n_sa, r_sum, seen_lo, seen_hi, terminal_seen, r_max, window_lo)
             sched = pol.advance(sched, factors)
             since_plan += 1

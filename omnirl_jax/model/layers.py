@@ -27,8 +27,22 @@ def head_width(cfg: ModelConfig) -> int:
     return cfg.head_dim or cfg.d_model // cfg.n_heads
 
 
-def _dense(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, use_bias: bool = False) -> nnx.Linear:
-    return nnx.Linear(d_in, d_out, use_bias=use_bias, dtype=cfg.compute_dtype, param_dtype=jnp.float32, rngs=rngs)
+class Dense(nnx.Linear):
+    """``nnx.Linear`` applied to the tokens flattened to one axis, [..., d_in] -> [N, d_in].
+
+    Why: on XLA's CPU backend the kernel gradient of a dense layer over [B, L, d] contracts two
+    axes (batch and time), which falls off the fast matrix-multiply path; flattened it is one
+    plain matmul. Measured on the bandit rung's SwiGLU MLP (12288 tokens, 64 -> 256 -> 64, 2 CPU
+    cores): forward + backward 116 ms on [B, L, d], 55 ms flattened. Same parameters, same result.
+    """
+
+    def __call__(self, x, **kwargs):
+        y = super().__call__(x.reshape(-1, x.shape[-1]), **kwargs)
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def _dense(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, use_bias: bool = False) -> Dense:
+    return Dense(d_in, d_out, use_bias=use_bias, dtype=cfg.compute_dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
 def dropout(x, rate: float, key):

@@ -19,7 +19,7 @@ from flax import nnx
 
 from omnirl_jax.config import ModelConfig
 from omnirl_jax.data.schema import TAGS
-from omnirl_jax.model.layers import Block, TokenConv
+from omnirl_jax.model.layers import Block, Dense, TokenConv
 
 class OmniRL(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, n_states: int, n_actions: int, rngs: nnx.Rngs,
@@ -29,7 +29,7 @@ class OmniRL(nnx.Module):
         self.prompt_embed, self.tag_embed = embed(len(TAGS)), embed(len(TAGS))
         self.obs_embed = embed(n_states)
         self.action_embed = embed(n_actions + 1)  # + the null action
-        self.reward_embed = nnx.Linear(1, d, rngs=rngs)
+        self.reward_embed = Dense(1, d, rngs=rngs)
         self.fused_step, self.tokens_per_step = cfg.fused_step, cfg.tokens_per_step
         # Positions of the observation and action tokens within a step's token group.
         self.obs_at, self.action_at = (0, 1) if cfg.fused_step else (1, 3)
@@ -39,7 +39,7 @@ class OmniRL(nnx.Module):
         self.token_conv = TokenConv(d, cfg.token_conv) if cfg.token_conv > 1 else None
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
         self.final_norm = nnx.RMSNorm(d, rngs=rngs)
-        head = lambda n: nnx.Linear(d, n, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
+        head = lambda n: Dense(d, n, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
         self.policy_head = head(n_actions)
         self.next_state_head = head(n_states)
         self.reward_head = head(1)
