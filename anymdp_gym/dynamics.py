@@ -242,9 +242,9 @@ def step_batch(tables, states, steps, rng, actions, values, obs, rewards, means,
     thread: the draw in its own pass was 1.7x faster than the whole step in one loop (S = 16);
     the row read and the record read each in its own pass, against the two together
     (``benchmarks/bench_limits.py --sections env``, two runs of each, alternating): 10.6 and 15.6
-    M steps/s against 8.8 and 9.1 at S = 16, 7.7 and 7.2 against 6.5 and 5.4 at S = 128. The last pass spells out
-    ``land`` (the same draws in the same order; tests compare it with ``step_env``): calling it
-    instead compiled to a loop half as fast, measured.
+    M steps/s against 8.8 and 9.1 at S = 16, 7.7 and 7.2 against 6.5 and 5.4 at S = 128. The last
+    pass spells out ``land`` (the same draws in the same order; tests compare it with
+    ``step_env``): calling it instead compiled to a loop half as fast, measured.
     """
     n = states.size
     record = np.empty(n, np.int64)
