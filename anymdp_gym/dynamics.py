@@ -167,20 +167,33 @@ def reset_env(tables, i, rng):
 
 
 @njit(cache=True, inline="always")
+def alias_record(tables, i, s, a, rng):
+    """Where ``draw_transition`` of task ``i`` lands: ``(record index, fraction)``, one uniform
+    drawn. Reads the row's ``(offset, width)`` only (``step_batch`` runs it as a pass of its own)."""
+    u = uniform(rng, i) * tables.rows[i, s, a, 1]
+    k = int(u)
+    return tables.slot_base[i] + tables.rows[i, s, a, 0] + k, u - k
+
+
+@njit(cache=True, inline="always")
+def read_record(tables, record, frac):
+    """The outcome of alias record ``record`` at ``frac``: ``(next state, mean reward, std)``."""
+    slot = tables.slots[record]
+    if frac < slot.cut:
+        return slot.next, np.float64(slot.mean), slot.std
+    return slot.alt_next, np.float64(slot.alt_mean), slot.alt_std
+
+
+@njit(cache=True, inline="always")
 def draw_transition(tables, i, s, a, rng):
     """First half of ``step_env``: the next state of task ``i`` and its reward mean and std.
 
-    It reads one alias record (the only access far from the caches), so a batched loop can
-    run it for every env first and overlap their memory misses (see ``vector.py``).
+    It reads one row entry and one alias record (the only accesses far from the caches), so a
+    batched loop can run it for every env first and overlap their memory misses (see
+    ``step_batch``).
     """
-    offset = tables.rows[i, s, a, 0]
-    width = tables.rows[i, s, a, 1]
-    u = uniform(rng, i) * width
-    k = int(u)
-    slot = tables.slots[tables.slot_base[i] + offset + k]
-    if u - k < slot.cut:
-        return slot.next, np.float64(slot.mean), slot.std
-    return slot.alt_next, np.float64(slot.alt_mean), slot.alt_std
+    record, frac = alias_record(tables, i, s, a, rng)
+    return read_record(tables, record, frac)
 
 
 @njit(cache=True, inline="always")
@@ -250,19 +263,11 @@ def step_batch(tables, states, steps, rng, actions, values, obs, rewards, means,
     record = np.empty(n, np.int64)
     frac = np.empty(n)
     for i in range(n):
-        offset = tables.rows[i, states[i], actions[i], 0]
-        u = uniform(rng, i) * tables.rows[i, states[i], actions[i], 1]
-        k = int(u)
-        record[i] = tables.slot_base[i] + offset + k
-        frac[i] = u - k
+        record[i], frac[i] = alias_record(tables, i, states[i], actions[i], rng)
     nxt = np.empty(n, np.int64)
     std = np.empty(n)
     for i in range(n):
-        slot = tables.slots[record[i]]
-        if frac[i] < slot.cut:
-            nxt[i], means[i], std[i] = slot.next, slot.mean, slot.std
-        else:
-            nxt[i], means[i], std[i] = slot.alt_next, slot.alt_mean, slot.alt_std
+        nxt[i], means[i], std[i] = read_record(tables, record[i], frac[i])
     for i in range(n):
         s = nxt[i]
         r = means[i] + std[i] * normal(rng, i)

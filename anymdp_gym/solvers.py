@@ -284,7 +284,7 @@ class ModelBasedSolver(_Noisy):
 class _ArmStatistics(_Seeded):
     """Pull counts and reward sums per observation and arm; untried arms are pulled first."""
 
-    def __init__(self, n_obs: int, n_actions: int, seed):
+    def __init__(self, n_obs: int, n_actions: int, *, seed=None):
         super().__init__(n_actions, seed)
         self.pulls = np.zeros((int(n_obs), self.n_actions), np.int64)
         self.r_sum = np.zeros((int(n_obs), self.n_actions))
@@ -311,7 +311,7 @@ class EpsilonGreedySolver(_ArmStatistics):
     """Greedy in the sample mean reward of each arm, a uniformly random arm with probability ``eps``."""
 
     def __init__(self, n_obs: int, n_actions: int, *, eps: float = 0.1, seed=None):
-        super().__init__(n_obs, n_actions, seed)
+        super().__init__(n_obs, n_actions, seed=seed)
         if not 0.0 <= eps <= 1.0:
             raise ValueError(f"eps must be in [0, 1], got {eps}")
         self.eps = float(eps)
@@ -325,9 +325,6 @@ class EpsilonGreedySolver(_ArmStatistics):
 class UCB1Solver(_ArmStatistics):
     """Sample mean plus the UCB1-Tuned bonus (module doc), ``n`` the pulls so far in the observation."""
 
-    def __init__(self, n_obs: int, n_actions: int, *, seed=None):
-        super().__init__(n_obs, n_actions, seed)
-
     def _choose(self, obs: int) -> int:
         n = self.pulls[obs]
         log_n = np.log(n.sum())
@@ -338,9 +335,6 @@ class UCB1Solver(_ArmStatistics):
 class ThompsonSolver(_ArmStatistics):
     """Gaussian Thompson sampling with an estimated noise variance: arm ``a`` drawn from
     ``N(mean_a, s^2 / n_a)`` (module doc)."""
-
-    def __init__(self, n_obs: int, n_actions: int, *, seed=None):
-        super().__init__(n_obs, n_actions, seed)
 
     def _choose(self, obs: int) -> int:
         n = self.pulls[obs]

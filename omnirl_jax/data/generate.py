@@ -271,7 +271,7 @@ def _start(tables, env, st, prm, n_actions):
 
 
 @njit(cache=True)
-def _run(tables, env, st, prm, n_actions, terminal_records, obs_out, action_out, label_out, reward_out, prompt_out, tag_out, end_out):
+def _run(tables, env, st, prm, n_actions, bandit, obs_out, action_out, label_out, reward_out, prompt_out, tag_out, end_out):
     """Advance every sequence by ``obs_out.shape[1]`` records (the module doc's step schema).
 
     A sequence's changing scalars live in locals for the chunk and are stored back at its end.
@@ -312,7 +312,7 @@ def _run(tables, env, st, prm, n_actions, terminal_records, obs_out, action_out,
             if hide_sequence or hide_episode:
                 tag = pol.TAG_UNK
             s2, o2, r, _, terminated = step_env(tables, j, s, a, env_rng)
-            pol.learn(s, a, r, s2, terminated, not terminal_records, learn_q, q, q_alpha, q_gamma,
+            pol.learn(s, a, r, s2, terminated, bandit, learn_q, q, q_alpha, q_gamma,
                       learn_model, counts, n_sa, r_sum, seen_lo, seen_hi, terminal_seen, r_max, window_lo)
             sched = pol.advance(sched, factors)
             since_plan += 1
@@ -323,7 +323,7 @@ def _run(tables, env, st, prm, n_actions, terminal_records, obs_out, action_out,
             last_tag = tag
             s, o = s2, o2
             episode_step += 1
-            if terminated and terminal_records:
+            if terminated and not bandit:  # the next record is the terminal one (module doc)
                 pending = True
                 end_out[j, t] = False
             elif terminated or episode_step >= max_steps:
@@ -393,7 +393,7 @@ class SequenceGenerator:
             raise ValueError(f"run({n_steps}) after {self.steps_done} steps passes seq_len={self.config.seq_len}")
         shape = (self.sequence_ids.size, int(n_steps))
         out = {name: np.empty(shape, dtype) for name, dtype in STEP_DTYPES.items()}
-        _run(self.tables, self._env, self._state, self._params, self.config.n_actions, self.config.n_states > 1, out["obs"], out["action"],
+        _run(self.tables, self._env, self._state, self._params, self.config.n_actions, self.config.n_states == 1, out["obs"], out["action"],
              out["label"], out["reward"], out["prompt"], out["tag"], out["episode_end"])
         self.steps_done += int(n_steps)
         return out
