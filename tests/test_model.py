@@ -35,6 +35,9 @@ VARIANTS = {
     "gla-pair-conv": {"mixer": "gla", "pair_embed": True, "token_conv": 8, "head_dim": 12},
     # Three tokens per step, and the reward token carrying the reward-scaled pair.
     "gla-fused-reward-pair": {"mixer": "gla", "fused_step": True, "reward_pair": True, "token_conv": 4},
+    # The bandit rung's layout: delta rule, pairs, reward z-scores carried across calls.
+    "delta-reward-zscore": {"mixer": "delta", "fused_step": True, "pair_embed": True, "reward_pair": True,
+                            "reward_zscore": True, "token_conv": 4},
 }
 
 
@@ -65,7 +68,8 @@ def test_output_shapes_and_dtypes(forward, batch):
 def test_tokens_per_step(forward, batch):
     model, _ = forward
     per_step = 3 if model.fused_step else 5
-    assert model.embed(batch).shape[:2] == (2, 24 * per_step)
+    zscore = jnp.zeros(batch["reward"].shape) if model.reward_zscore else None
+    assert model.embed(batch, zscore).shape[:2] == (2, 24 * per_step)
 
 
 def test_heads_see_only_what_they_should(forward, batch):
@@ -110,6 +114,29 @@ def test_reset_carry_zeroes_only_reset_rows(forward, batch):
     for before, after in zip(jax.tree.leaves(carry), jax.tree.leaves(reset)):
         assert not np.any(after[0])
         np.testing.assert_array_equal(after[1], before[1])
+
+
+def test_reward_zscores_against_earlier_valid_rewards():
+    from omnirl_jax.model.omnirl import ZSCORE_CLIP, ZSCORE_FLOOR, reward_zscores
+
+    rng = np.random.default_rng(0)
+    reward = rng.normal(1.0, 0.5, size=(2, 9)).astype(np.float32)
+    valid = rng.random((2, 9)) > 0.3
+    valid[:, 0] = True
+    z, stats = reward_zscores(jnp.asarray(reward), jnp.asarray(valid), jnp.zeros((2, 3)))
+    for b in range(2):
+        for t in range(9):
+            earlier = reward[b, :t][valid[b, :t]]
+            if not valid[b, t] or earlier.size == 0:
+                assert z[b, t] == 0.0
+                continue
+            want = np.clip((reward[b, t] - earlier.mean()) / np.sqrt(earlier.var() + ZSCORE_FLOOR ** 2), -ZSCORE_CLIP, ZSCORE_CLIP)
+            np.testing.assert_allclose(z[b, t], want, rtol=1e-4, atol=1e-5)
+        kept = reward[b][valid[b]]
+        np.testing.assert_allclose(stats[b], [kept.size, kept.sum(), (kept ** 2).sum()], rtol=1e-5)
+    # After one noiseless pull, a second arm 0.1 better or worse reads as the clip.
+    z, _ = reward_zscores(jnp.array([[0.5, 0.6], [0.5, 0.4]]), jnp.ones((2, 2), bool), jnp.zeros((2, 3)))
+    np.testing.assert_allclose(z, [[0.0, ZSCORE_CLIP], [0.0, -ZSCORE_CLIP]], atol=1e-4)
 
 
 def test_remat_and_bf16_compute():
