@@ -34,6 +34,9 @@ def test_crossing_reads_the_log_line():
     assert ladder.crossing([4, 8, 16], [0.2, 0.3, 0.4], 0.5) == pytest.approx(32)
     assert ladder.crossing([4, 8], [0.3, 0.2], 0.5) is None  # falling: no crossing
     assert ladder.crossing([4], [0.3], 0.5) is None
+    # A rise within the scores' noise is no trend (the 8-state rung: -0.004, -0.001, -0.003).
+    assert ladder.crossing([750, 1500, 3000], [-0.004, -0.001, -0.003], 0.347, noise=0.17) is None
+    assert ladder.crossing([4, 8, 16], [0.2, 0.3, 0.4], 0.5, noise=0.1) == pytest.approx(32)
 
 
 def test_extrapolate_is_a_power_law_in_pairs():
