@@ -31,6 +31,7 @@ from omnirl_jax.data.schema import TAG_ID
 from omnirl_jax.eval import env_jax, evaluate
 from omnirl_jax.eval.baselines import normalise, reference_returns, solver_baseline
 from omnirl_jax.eval.suites import get_suite
+from icrl_ladder import paired
 
 WINDOW = 32
 
@@ -79,8 +80,8 @@ def main(argv=None) -> int:
         traj, _ = model.runner.rollout(carry, env_params, key, n_steps=suite.steps, tag=TAG_ID["unk"],
                                        temperature=temperature)
         scores = describe(f"model T={temperature:g}", jax.device_get(traj), means, noiseless, refs)
-        diff = (scores - baseline["epsilon_greedy"])[~np.isnan(scores - baseline["epsilon_greedy"])]
-        print(f"  minus epsilon_greedy {diff.mean():+.3f} +- {1.96 * diff.std(ddof=1) / np.sqrt(diff.size):.3f}")
+        diff, half, _ = paired(scores, baseline["epsilon_greedy"])
+        print(f"  minus epsilon_greedy {diff:+.3f} +- {half:.3f}")
     return 0
 
 
