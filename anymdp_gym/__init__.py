@@ -10,7 +10,7 @@ from gymnasium.envs.registration import register, registry
 
 from anymdp_gym.env import AnyMDPEnv, AnyPOMDPEnv, GarnetMDPEnv
 from anymdp_gym.planning import policy_evaluation, value_iteration
-from anymdp_gym.sampling import add_emission, sample_garnet_task, sample_task
+from anymdp_gym.sampling import add_emission, sample_contextual_bandit, sample_garnet_task, sample_task
 from anymdp_gym.task import Task
 from anymdp_gym.vector import AnyMDPVectorEnv, AnyPOMDPVectorEnv, GarnetMDPVectorEnv
 
@@ -32,6 +32,7 @@ __all__ = [
     "Task",
     "add_emission",
     "policy_evaluation",
+    "sample_contextual_bandit",
     "sample_garnet_task",
     "sample_task",
     "value_iteration",

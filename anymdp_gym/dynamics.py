@@ -19,8 +19,8 @@ is chosen to touch one cache line per transition:
   not ``n x n``. Rewards are float32;
 * emissions are small categoricals ``obs_ids`` / ``obs_cdf`` per state (one entry for an MDP,
   the state's observation id, so no random number is spent on it);
-* ``ends[i, s]`` says that arriving in ``s`` ends the episode (terminal states, and the single
-  state of a bandit, which ends every episode after one step).
+* ``ends[i, s]`` says that arriving in ``s`` ends the episode (terminal states, and every state
+  of a bandit or contextual bandit, ``Task.one_step``, which ends every episode after one pull).
 
 Randomness: every env owns a SplitMix64 stream, a ``uint64`` state in an array ``rng[i]``
 advanced in place; ``seed_streams`` derives those states from a ``numpy.random.Generator``.
@@ -391,7 +391,7 @@ def compile_tasks(tasks: Sequence[Task]) -> TaskTables:
             task.transition, task.reward, task.reward_noise, window,
             tables.rows[i, :n], tables.slots[base : base + sizes[i]],
         )
-        tables.ends[i, :n] = task.terminal | (n == 1)
+        tables.ends[i, :n] = task.terminal | task.one_step
         m = task.start_states.size
         tables.start_states[i, :m] = task.start_states
         tables.start_cdf[i, :m] = np.cumsum(task.start_probs)

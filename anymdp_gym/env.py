@@ -84,10 +84,10 @@ def as_task(task: Any) -> Task:
 def oracle_values(task: Task) -> np.ndarray:
     """``V*`` at ``ORACLE_GAMMA`` per internal state.
 
-    A bandit's single state ends every episode, which the planner (it sees no terminal state
-    there) would treat as a continuing loop, so its value is the best expected reward.
+    A bandit's pull ends every episode (``Task.one_step``), which the planner (it sees no terminal
+    state there) would treat as a continuing loop, so a state's value is its best expected reward.
     """
-    if task.n_active == 1:
+    if task.one_step:
         lo, hi = row_windows(task.transition)
         return expected_rewards(task.transition, task.reward, lo, hi).max(axis=1)
     return value_iteration(task, ORACLE_GAMMA)[1]

@@ -1,4 +1,5 @@
-"""Task samplers: AnyMDP (banded, ergodic, composite reward, quality-filtered), GARNET, bandit.
+"""Task samplers: AnyMDP (banded, ergodic, composite reward, quality-filtered), GARNET, bandit,
+contextual bandit.
 
 Every random number comes from the ``numpy.random.Generator`` passed in (Numba drives the same
 generator inside compiled code), so a seed fixes the task bitwise, in any process.
@@ -383,23 +384,67 @@ def sample_task(
 
 def _sample_bandit(rng: np.random.Generator, n_actions: int) -> Task:
     """A one-state task: every step ends the episode (spec 1.10)."""
-    base = np.clip(rng.exponential(1.0), 0.05, 2.0)
-    noise_scale = max(rng.uniform(-0.3, 0.3), 0.0)
-    while True:
-        reward = rng.uniform(0.5 * base, base, size=(1, n_actions, 1))
-        if reward.std() > 0.01:
-            break
+    return _sample_contextual_bandit(rng, 1, n_actions, "anymdp")
+
+
+CBANDIT_REWARDS = ("anymdp", "gaussian")
+
+
+def sample_contextual_bandit(n_contexts: int, n_actions: int = 5, *, seed: SeedLike = None,
+                             rewards: str = "anymdp") -> Task:
+    """A contextual bandit: each pull is a one-step episode (``Task.one_step``) in a context drawn
+    uniformly and independently of everything before it; ``n_contexts = 1`` is AnyMDP's bandit.
+
+    The rung between bandits and MDPs (``configs/ladder/cbandit-8.yaml``): the best action depends
+    on the observation, so a learner must average rewards per (context, action), but nothing it
+    does changes what it sees next. Stored as an MDP whose transition is uniform over contexts for
+    every action (so any discount's greedy action is the best mean reward) and whose start
+    distribution is uniform.
+
+    Args:
+        n_contexts: observation ids, >= 1.
+        rewards: ``"anymdp"``: the bandit scheme of spec 1.10 in every context with one task-wide
+            scale (base ``clip(Exponential(1), 0.05, 2)``, means ``Uniform(base / 2, base)`` per
+            (context, arm), redrawn until a context's arms differ by a std > 0.01; noise std
+            ``max(Uniform(-0.3, 0.3), 0)`` times the mean). ``"gaussian"``: unit-scale means
+            ``Normal(0, 1)`` and noise std ``Uniform(0, 1)`` per task, the simplest problem of the
+            kind (issue 23's first probes).
+    """
+    if not isinstance(n_contexts, (int, np.integer)) or n_contexts < 1:
+        raise ValueError(f"n_contexts must be an integer >= 1, got {n_contexts!r}")
+    if not isinstance(n_actions, (int, np.integer)) or n_actions < 2:
+        raise ValueError(f"n_actions must be an integer >= 2, got {n_actions!r}")
+    if rewards not in CBANDIT_REWARDS:
+        raise ValueError(f"rewards must be one of {CBANDIT_REWARDS}, got {rewards!r}")
+    return _sample_contextual_bandit(as_generator(seed), int(n_contexts), int(n_actions), rewards)
+
+
+def _sample_contextual_bandit(rng: np.random.Generator, n: int, n_actions: int, rewards: str) -> Task:
+    if rewards == "anymdp":
+        base = np.clip(rng.exponential(1.0), 0.05, 2.0)
+        noise_scale = max(rng.uniform(-0.3, 0.3), 0.0)
+        means = np.empty((n, n_actions))
+        for s in range(n):
+            while True:
+                means[s] = rng.uniform(0.5 * base, base, size=n_actions)
+                if means[s].std() > 0.01:
+                    break
+        noise = noise_scale * means
+    else:
+        means = rng.normal(size=(n, n_actions))
+        noise = np.full_like(means, rng.uniform(0.0, 1.0))
+    spread = np.ones((1, 1, n))
     return Task(
-        n_states=1,
-        transition=np.ones((1, n_actions, 1)),
-        reward=reward,
-        reward_noise=noise_scale * reward,
-        start_states=np.array([0]),
-        start_probs=np.array([1.0]),
-        terminal=np.zeros(1, dtype=bool),
+        n_states=n,
+        transition=np.full((n, n_actions, n), 1.0 / n),
+        reward=means[:, :, None] * spread,
+        reward_noise=noise[:, :, None] * spread,
+        start_states=np.arange(n),
+        start_probs=np.full(n, 1.0 / n),
+        terminal=np.zeros(n, dtype=bool),
         goal_terminates=False,
         max_steps=1,
-        state_mapping=np.array([0]),
+        state_mapping=np.arange(n),
     )
 
 

@@ -97,6 +97,12 @@ class Task:
         return self.n_states if self.emission is None else self.emission.shape[1]
 
     @property
+    def one_step(self) -> bool:
+        """Every episode is one pull, ended by termination wherever it lands: a multi-armed bandit
+        (one state) or a contextual bandit (contexts drawn from the start distribution)."""
+        return self.max_steps == 1
+
+    @property
     def terminal_states(self) -> np.ndarray:
         return np.flatnonzero(self.terminal)
 

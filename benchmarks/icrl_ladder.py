@@ -1,7 +1,8 @@
 """The in-context RL ladder: train a rung on this machine, evaluate it online on held-out tasks.
 
 Rungs (``RUNGS``; a config each under ``configs/ladder/``): ``bandit`` (5-armed bandits, suite
-``bandit-5``), ``anymdp-8`` and ``anymdp-16`` (AnyMDP, suites of the same names). A run
+``bandit-5``), ``cbandit-8`` (contextual bandits, 8 contexts of 5 arms: per-context averaging
+without planning), ``anymdp-8`` and ``anymdp-16`` (AnyMDP, suites of the same names). A run
 
 1. trains the rung's config (``omnirl_jax.train.train``, data generated on the fly; resumes if the
    workdir holds a checkpoint, so a finished run goes straight to evaluation);
@@ -14,7 +15,8 @@ Rungs (``RUNGS``; a config each under ``configs/ladder/``): ``bandit`` (5-armed 
    curve), the model's first and last window, and the paired per-task difference of the model
    and each classic baseline with its 95 % interval; then the scaling table with a least-squares
    line of score against log2(training steps) and the step count where it would reach the
-   rung's reference baseline (``Rung.baseline``: epsilon-greedy for bandits, tabular Q-learning
+   rung's reference baseline (``Rung.baseline``: epsilon-greedy for bandits, per context for
+   contextual bandits, tabular Q-learning
    for MDPs).
 
 Its last line, for the full budget::
@@ -29,7 +31,7 @@ Training wall time is measured per run and kept in ``<workdir>/ladder.json``.
     python benchmarks/icrl_ladder.py --scaling                # crossings so far, 16-state extrapolation
 
 Extrapolation (``extrapolate``): each rung's crossing in training tokens, fitted as a power law of
-the task's state-action pairs (5 for bandits, 40 at 8 states) and read at 80 pairs (16 states).
+the task's state-action pairs (5 for bandits, 40 at 8 states or contexts) and read at 80 pairs (16 states).
 Two points fit any line: the figure sizes a GPU run, it does not predict one.
 """
 
@@ -68,8 +70,8 @@ class Rung:
         return ROOT / "configs" / "ladder" / f"{self.name}.yaml"
 
 
-RUNGS = {r.name: r for r in (Rung("bandit", "bandit-5", "epsilon_greedy"), Rung("anymdp-8", "anymdp-8", "q_learning"),
-                             Rung("anymdp-16", "anymdp-16", "q_learning"))}
+RUNGS = {r.name: r for r in (Rung("bandit", "bandit-5", "epsilon_greedy"), Rung("cbandit-8", "cbandit-8", "epsilon_greedy"),
+                             Rung("anymdp-8", "anymdp-8", "q_learning"), Rung("anymdp-16", "anymdp-16", "q_learning"))}
 QUICK = ["train.steps=8", "train.log_every=4", "checkpoint.every=2", "optim.warmup_steps=2"]
 """Overrides of ``--quick``: a few optimiser steps (checks the pipeline only)."""
 

@@ -9,12 +9,18 @@ term, ``loss.behaviour``, stays), with no context warm-up, on a ladder rung's ge
   context, the simplest long-range aggregation an in-context policy needs);
 * ``state_last``, ``state_majority``: the behaviour action last / most often taken so far in the
   current observation (recall keyed on the state: what an in-context policy is built from);
+* ``best_reward``: the action with the highest mean reward so far over the whole sequence
+  (averaging keyed on the action alone: the bandit skill);
+* ``state_best_last_reward``: the action whose last reward in the current observation was highest
+  (recall keyed on the state-action pair, no averaging);
 * ``state_best_reward``: the action with the highest mean immediate reward so far in the current
-  observation (the simplest rule that uses rewards);
+  observation (averaging keyed on the state and action: the simplest rule that uses rewards,
+  and the skill a contextual bandit needs);
 * ``label``: the real label (the generator's ``label_policy``, opt3 as the rungs train on).
 
-For each it prints the policy loss and accuracy, averaged over the last ``--tail`` steps, and two
-references, the agreement of the target with a rule over the same steps:
+For each it prints the policy loss and accuracy, averaged over the last ``--tail`` steps, the loss
+curve (mean of each ``--tail`` steps: a plateau at ln A that ends late is not a no), the step where
+it left chance (``LEFT_CHANCE``), and two references, the agreement of the target with a rule over the same steps:
 
 * *shortcut*: the previous action or the most frequent action so far (the better of the two). The
   rules are deterministic, so a policy path that can aggregate context drives them to accuracy ~1;
@@ -48,7 +54,8 @@ from omnirl_jax.data.loader import make_loader
 from omnirl_jax.train import fresh_steps
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = ("previous", "majority", "state_last", "state_majority", "state_best_reward", "label")
+TARGETS = ("previous", "majority", "state_last", "state_majority", "best_reward", "state_best_last_reward",
+           "state_best_reward", "label")
 PROBE_OVERRIDES = ["loss.next_state=0", "loss.reward=0", "loss.warmup_steps=0", "data.workers=0"]
 """No world-model terms (the config's behaviour-cloning term stays), every step weighted alike,
 data generated in this process."""
@@ -66,23 +73,29 @@ def rule_labels(target: str, batch: dict, n_states: int, n_actions: int) -> np.n
         return out
     rows = np.arange(action.shape[0])
     real = action < n_actions
-    counts = np.zeros((action.shape[0], n_states, n_actions))  # per state, or in state 0 for "majority"
+    keyed = target.startswith("state_")  # else every step counts in state 0
+    counts = np.zeros((action.shape[0], n_states, n_actions))
     rewards = np.zeros_like(counts)
+    last_reward = np.full_like(counts, -np.inf)
     last = np.full((action.shape[0], n_states), n_actions)
     for t in range(action.shape[1]):
-        s = np.zeros_like(obs[:, t]) if target == "majority" else obs[:, t]
+        s = obs[:, t] if keyed else np.zeros_like(obs[:, t])
         seen = counts[rows, s]
         if target == "state_last":
             out[:, t] = last[rows, s]
-        elif target == "state_best_reward":
-            mean = np.where(seen > 0, rewards[rows, s] / np.maximum(seen, 1), -np.inf)
-            out[:, t] = np.where(seen.sum(axis=1) > 0, mean.argmax(axis=1), n_actions)
+        elif target in ("state_best_reward", "best_reward", "state_best_last_reward"):
+            if target == "state_best_last_reward":
+                value = last_reward[rows, s]
+            else:
+                value = np.where(seen > 0, rewards[rows, s] / np.maximum(seen, 1), -np.inf)
+            out[:, t] = np.where(seen.sum(axis=1) > 0, value.argmax(axis=1), n_actions)
         else:  # majority, state_majority
             out[:, t] = np.where(seen.sum(axis=1) > 0, seen.argmax(axis=1), n_actions)
-        r, a = rows[real[:, t]], action[real[:, t], t]
-        counts[r, s[real[:, t]], a] += 1
-        rewards[r, s[real[:, t]], a] += reward[real[:, t], t]
-        last[r, s[real[:, t]]] = a
+        r, a, sr = rows[real[:, t]], action[real[:, t], t], s[real[:, t]]
+        counts[r, sr, a] += 1
+        rewards[r, sr, a] += reward[real[:, t], t]
+        last_reward[r, sr, a] = reward[real[:, t], t]
+        last[r, sr] = a
     return out
 
 
@@ -97,9 +110,15 @@ def agreement(rules: tuple, target: np.ndarray, batch: dict, n_states: int, n_ac
 SHORTCUT, REWARD_RULE = ("previous", "majority"), ("state_best_reward",)
 
 
-def probe(cfg, target: str, tail: int) -> tuple[float, float, float, float]:
-    """Trains a fresh model on ``target`` for ``cfg.train.steps`` steps; the last ``tail`` steps'
-    mean policy loss, accuracy, and agreement of the shortcut and of the reward rule with the target."""
+LEFT_CHANCE = 0.9
+"""A probe has left chance once a window's mean policy loss is below this fraction of ln A (the
+plateau sits within 1 % of ln A; 0.9 is well clear of its noise at a batch of 8 x 256)."""
+
+
+def probe(cfg, target: str, tail: int) -> tuple[tuple[float, float, float, float], np.ndarray]:
+    """Trains a fresh model on ``target`` for ``cfg.train.steps`` steps. Returns the last ``tail``
+    steps' mean policy loss, accuracy, and agreement of the shortcut and of the reward rule with
+    the target; and the loss curve, the mean policy loss of each window of ``tail`` steps."""
     n_states, n_actions, steps = cfg.data.n_states, cfg.data.n_actions, cfg.train.steps
     history = []
     with make_loader(cfg.data, batch_size=cfg.train.batch_size, segment_len=cfg.train.segment_len,
@@ -110,7 +129,15 @@ def probe(cfg, target: str, tail: int) -> tuple[float, float, float, float]:
             references = [agreement(rules, batch["label"], batch, n_states, n_actions) if k >= steps - tail
                           else np.nan for rules in (SHORTCUT, REWARD_RULE)]
             history.append((metrics["policy_loss"], metrics["policy_accuracy"], *references))
-    return tuple(float(x) for x in np.mean(history[-tail:], axis=0))
+    losses = np.array([h[0] for h in history])
+    curve = losses[: losses.size // tail * tail].reshape(-1, tail).mean(axis=1)
+    return tuple(float(x) for x in np.mean(history[-tail:], axis=0)), curve
+
+
+def left_chance(curve: np.ndarray, tail: int, chance: float) -> int | None:
+    """The step ending the first window of ``curve`` below ``LEFT_CHANCE * chance``, or None."""
+    below = np.flatnonzero(curve < LEFT_CHANCE * chance)
+    return int((below[0] + 1) * tail) if below.size else None
 
 
 def main(argv=None) -> int:
@@ -127,11 +154,13 @@ def main(argv=None) -> int:
     for target in args.targets.split(","):
         if target not in TARGETS:
             parser.error(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
-        loss, accuracy, shortcut, reward_rule = probe(cfg, target, min(args.tail, args.steps))
+        tail = min(args.tail, args.steps)
+        (loss, accuracy, shortcut, reward_rule), curve = probe(cfg, target, tail)
+        chance = np.log(cfg.data.n_actions)
         print(f"{target:17s} policy loss {loss:.3f}  accuracy {accuracy:.3f}  shortcut {shortcut:.3f}  "
-              f"reward rule {reward_rule:.3f}  "
-              f"(ln {cfg.data.n_actions} = {np.log(cfg.data.n_actions):.3f}; last {min(args.tail, args.steps)} of {args.steps} steps)",
-              flush=True)
+              f"reward rule {reward_rule:.3f}  left chance at step {left_chance(curve, tail, chance)}  "
+              f"(ln {cfg.data.n_actions} = {chance:.3f}; last {tail} of {args.steps} steps)\n"
+              f"{'':17s} loss per {tail} steps: {' '.join(f'{x:.3f}' for x in curve)}", flush=True)
     return 0
 
 

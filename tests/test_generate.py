@@ -198,7 +198,22 @@ def test_bandit_learners_learn_the_best_arm(policy):
     assert late.mean() > 0.35
 
 
-@pytest.mark.parametrize("fields", [{"n_states": 4}, {"n_states": 1, "task_family": "garnet"}, {"n_states": 1, "min_states": 8}])
+def test_contextual_bandit_sequences():
+    """cbandit: every record a pull in a context drawn uniformly, labelled with that context's best
+    arm; the count-model learner's late pulls find it (chance 1 in 5)."""
+    cfg = GeneratorConfig(n_states=4, seq_len=512, task_family="cbandit", policy_weights={"mbrl": 1.0},
+                          halflife_range=(25.0, 250.0), policy_redraw_prob=0.0)
+    gen = SequenceGenerator(cfg, 0, range(32))
+    out = gen.run(512)
+    assert np.all(out["action"] < N_ACTIONS) and np.all(out["episode_end"])
+    assert np.allclose(np.bincount(out["obs"].ravel(), minlength=4) / out["obs"].size, 0.25, atol=0.01)
+    best = np.stack([t.reward[:, :, 0].argmax(axis=1) for t in gen.tasks])  # contexts are their own ids
+    assert np.array_equal(out["label"], np.take_along_axis(best, out["obs"].astype(int), axis=1))
+    assert (out["action"][:, -128:] == out["label"][:, -128:]).mean() > 0.5
+
+
+@pytest.mark.parametrize("fields", [{"n_states": 4}, {"n_states": 1, "task_family": "garnet"}, {"n_states": 1, "min_states": 8},
+                                    {"n_states": 1, "task_family": "cbandit", "cbandit_rewards": "bernoulli"}])
 def test_bandit_config_errors(fields):
-    with pytest.raises(ValueError, match="n_states"):
+    with pytest.raises(ValueError, match="n_states|cbandit_rewards"):
         GeneratorConfig(**fields).validate()

@@ -14,7 +14,7 @@ def test_every_rung_has_a_config_of_its_own_size():
     from omnirl_jax.config import load_config
 
     sizes = {name: load_config(str(rung.config)).data.n_states for name, rung in ladder.RUNGS.items()}
-    assert sizes == {"bandit": 1, "anymdp-8": 8, "anymdp-16": 16}
+    assert sizes == {"bandit": 1, "cbandit-8": 8, "anymdp-8": 8, "anymdp-16": 16}
 
 
 def test_budget_steps_fall_on_checkpoints():

@@ -29,7 +29,17 @@ def test_rule_labels():
     np.testing.assert_array_equal(rule("state_last"), [[NULL, NULL, 0, 1, 1, 0, 1]])
     # In observation 0: action 0 averaged 1, action 1 got 3; then action 0 again (1) -> still 1.
     np.testing.assert_array_equal(rule("state_best_reward"), [[NULL, NULL, 0, 1, 1, 1, 1]])
+    # Over every observation: action 0 averaged 1 until action 1 reached (0 + 3) / 2.
+    np.testing.assert_array_equal(rule("best_reward"), [[NULL, 0, 0, 1, 1, 1, 1]])
     assert rule("label") is batch["label"]
+
+
+def test_last_reward_differs_from_mean_reward():
+    """Action 0 paid 2 then 0 (mean 1, last 0), action 1 paid 0.5: the last-reward rule prefers 1."""
+    batch = {"obs": np.zeros((1, 4), int), "action": np.array([[0, 0, 1, 0]]), "reward": np.array([[2.0, 0.0, 0.5, 0.0]])}
+    rule = lambda target: policy_probe.rule_labels(target, batch, n_states=1, n_actions=NULL)
+    np.testing.assert_array_equal(rule("state_best_last_reward"), [[NULL, 0, 0, 1]])
+    np.testing.assert_array_equal(rule("state_best_reward"), [[NULL, 0, 0, 0]])
 
 
 def test_agreement():

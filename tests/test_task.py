@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 import anymdp_gym
-from anymdp_gym import Task, add_emission, sample_garnet_task, sample_task
+from anymdp_gym import Task, add_emission, sample_contextual_bandit, sample_garnet_task, sample_task
+
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,24 @@ def test_bandit():
     task = sample_task(1, n_actions=4, seed=0)
     assert task.transition.shape == (1, 4, 1)
     assert task.reward.std() > 0.01
+
+
+@pytest.mark.parametrize("rewards", ["anymdp", "gaussian"])
+def test_contextual_bandit(rewards):
+    """Contexts i.i.d. whatever the action (uniform rows and starts), one pull per episode, mean
+    rewards per (context, arm) whatever the context reached; one context is AnyMDP's bandit."""
+    task = sample_contextual_bandit(8, 5, seed=0, rewards=rewards)
+    assert task.one_step and task.n_active == 8 and not task.terminal.any()
+    assert np.allclose(task.transition, 1 / 8) and np.allclose(task.start_probs, 1 / 8)
+    assert np.all(task.reward == task.reward[:, :, :1]) and np.all(task.reward_noise == task.reward_noise[:, :, :1])
+    assert len(np.unique(task.reward[:, :, 0].argmax(axis=1))) > 1  # the best arm depends on the context
+    assert not sample_task(8, seed=0).one_step
+    bandit = sample_task(1, n_actions=5, seed=7)
+    assert bandit.one_step and np.array_equal(bandit.reward, sample_contextual_bandit(1, 5, seed=7).reward)
+    with pytest.raises(ValueError, match="rewards"):
+        sample_contextual_bandit(8, rewards="bernoulli")
+    with pytest.raises(ValueError, match="n_contexts"):
+        sample_contextual_bandit(0)
 
 
 def test_garnet_and_pomdp():

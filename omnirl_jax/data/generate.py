@@ -16,9 +16,10 @@ Step records (see ``omnirl_jax.data.schema``; dtypes in ``STEP_DTYPES``):
   the new episode's first observation follows;
 * truncation at ``max_steps`` (a time limit, not a state of the task) starts the next episode
   directly, without a terminal record: the agent never sees a null action for a time-out;
-* a bandit (``n_states == 1``) ends every episode on its one state, and that terminal record
-  would say nothing (the only observation, the null action, reward 0): it is left out, so every
-  record of a bandit sequence is a pull and half the tokens are not spent on null steps;
+* a bandit (``n_states == 1``) or contextual bandit (``Task.one_step``) ends every episode with
+  its pull, and that terminal record would say nothing (the state reached is not a consequence of
+  the pull, the null action, reward 0): it is left out, so every record of a bandit sequence is a
+  pull and half the tokens are not spent on null steps;
 * ``episode_end[t]`` is True on the last record of every episode (the terminal record, or the
   last action of a truncated episode): ``obs[t + 1]`` is then a reset, not a consequence of
   ``action[t]``, so a world-model loss should skip it there.
@@ -38,7 +39,7 @@ from numba import njit
 
 from anymdp_gym.dynamics import compile_tasks, reset_env, seed_streams, step_env
 from anymdp_gym.planning import expected_rewards, optimal_q, row_windows
-from anymdp_gym.sampling import sample_garnet_task, sample_task
+from anymdp_gym.sampling import CBANDIT_REWARDS, sample_contextual_bandit, sample_garnet_task, sample_task
 from anymdp_gym.task import Task
 from omnirl_jax.data import policies as pol
 from omnirl_jax.data.schema import TAG_ID
@@ -67,7 +68,7 @@ DEFAULT_POLICY_WEIGHTS = {
 }
 """Default behaviour mixture: 0.4 oracles (clean or noisy), 0.5 learners, 0.1 drifting random."""
 
-TASK_FAMILIES = ("anymdp", "garnet")
+TASK_FAMILIES = ("anymdp", "garnet", "cbandit")
 LABEL_POLICIES = pol.POLICY_NAMES[: len(pol.ORACLE_GAMMAS)]
 
 
@@ -77,15 +78,18 @@ class GeneratorConfig:
 
     n_states: int = 16
     """Observation ids of states (>= 8), or 1: multi-armed bandits (``anymdp_gym.sampling``: every
-    pull is a one-step episode that ends by truncation, so a sequence holds no terminal records
-    and every step is a pull)."""
+    pull is a one-step episode, so a sequence holds no terminal records and every step is a pull);
+    the number of contexts (>= 2) of the ``cbandit`` family."""
     n_actions: int = 5
     min_states: Optional[int] = None
     """If set, each task has ``randint(min_states, n_states + 1)`` active states."""
     seq_len: int = 2048
     """Steps per sequence; ``run`` refuses to go past it."""
     task_family: str = "anymdp"
-    """``anymdp`` or ``garnet``."""
+    """``anymdp``, ``garnet`` or ``cbandit`` (contextual bandits,
+    ``anymdp_gym.sampling.sample_contextual_bandit``: every pull a one-step episode, as bandits)."""
+    cbandit_rewards: str = "anymdp"
+    """Reward scheme of the ``cbandit`` family (``sampling.CBANDIT_REWARDS``)."""
     policy_weights: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_POLICY_WEIGHTS))
     """Behaviour mixture: policy name (``policies.POLICY_NAMES``) -> non-negative weight."""
     label_policy: str = "opt3"
@@ -138,8 +142,9 @@ class GeneratorConfig:
             if not (lo <= x[0] <= x[1] and ok_hi):
                 bad(field, f"must satisfy {lo} <= lo <= hi {'<=' if closed_hi else '<'} {hi}, got {x!r}")
 
-        if not is_int(self.n_states) or not (8 <= self.n_states <= np.iinfo(STEP_DTYPES["obs"]).max or self.n_states == 1):
-            bad("n_states", f"must be an integer in [8, 65535], or 1 for bandits, got {self.n_states!r}")
+        lowest = 2 if self.task_family == "cbandit" else 8
+        if not is_int(self.n_states) or not (lowest <= self.n_states <= np.iinfo(STEP_DTYPES["obs"]).max or self.n_states == 1):
+            bad("n_states", f"must be an integer in [{lowest}, 65535], or 1 for bandits, got {self.n_states!r}")
         if self.n_states == 1 and (self.task_family != "anymdp" or self.min_states is not None):
             bad("n_states", "1 (bandits) needs task_family 'anymdp' and min_states None")
         if not is_int(self.n_actions) or not 2 <= self.n_actions < np.iinfo(STEP_DTYPES["action"]).max:
@@ -150,6 +155,10 @@ class GeneratorConfig:
             bad("seq_len", f"must be an integer >= 1, got {self.seq_len!r}")
         if self.task_family not in TASK_FAMILIES:
             bad("task_family", f"must be one of {TASK_FAMILIES}, got {self.task_family!r}")
+        if self.task_family == "cbandit" and self.min_states is not None:
+            bad("min_states", "must be None for the cbandit family (every context is in use)")
+        if self.cbandit_rewards not in CBANDIT_REWARDS:
+            bad("cbandit_rewards", f"must be one of {CBANDIT_REWARDS}, got {self.cbandit_rewards!r}")
         if not isinstance(self.policy_weights, dict) or not self.policy_weights:
             bad("policy_weights", f"must be a non-empty dict name -> weight, got {self.policy_weights!r}")
         for name, weight in self.policy_weights.items():
@@ -216,6 +225,8 @@ class GeneratorConfig:
 
     def sample_task(self, rng: np.random.Generator) -> Task:
         """One task of the configured family, drawn from ``rng``."""
+        if self.task_family == "cbandit":
+            return sample_contextual_bandit(self.n_states, self.n_actions, seed=rng, rewards=self.cbandit_rewards)
         if self.task_family == "garnet":
             return sample_garnet_task(self.n_states, self.n_actions, seed=rng, min_states=self.min_states,
                                       branching=self.garnet_branching)
@@ -393,7 +404,7 @@ class SequenceGenerator:
             raise ValueError(f"run({n_steps}) after {self.steps_done} steps passes seq_len={self.config.seq_len}")
         shape = (self.sequence_ids.size, int(n_steps))
         out = {name: np.empty(shape, dtype) for name, dtype in STEP_DTYPES.items()}
-        _run(self.tables, self._env, self._state, self._params, self.config.n_actions, self.config.n_states == 1, out["obs"], out["action"],
+        _run(self.tables, self._env, self._state, self._params, self.config.n_actions, self.tasks[0].one_step, out["obs"], out["action"],
              out["label"], out["reward"], out["prompt"], out["tag"], out["episode_end"])
         self.steps_done += int(n_steps)
         return out

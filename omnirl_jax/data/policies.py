@@ -329,7 +329,7 @@ def learn(s, a, r, s2, terminated, bandit, learn_q, q, q_alpha, q_gamma,
     """Feed one transition to the learners whose arrays are passed (as in ``act``); each is
     skipped when no policy of the mixture uses it.
 
-    A ``bandit`` pull ends its episode in the one state, where the next pull is taken. Q-learning's
+    A ``bandit`` pull (``Task.one_step``) ends its episode wherever it lands. Q-learning's
     target is then the reward alone. The count model must not mark that state terminal, or
     planning never gives it a greedy action: the ``mbrl`` policies pulled arm 0 plus noise (best
     arm in 21 % of the last 64 of 256 pulls, 64 sequences; chance 20 %; now 81 %). Its values

@@ -12,7 +12,7 @@ Gymnasium tasks are fixed; a suite plays ``n_tasks`` relabellings of each (``gym
 relabelling seeds ``SeedSequence([EVAL_SEED, i])``.
 
 Windows are at least as long as the longest episode of the family (AnyMDP: ``max_steps`` is at
-most ``max(min(8 S, 500), 4 S + 1)``; a bandit pull is an episode), so every window of every task
+most ``max(min(8 S, 500), 4 S + 1)``; a bandit or contextual-bandit pull is an episode), so every window of every task
 holds an episode end. Step budgets match the ladder rungs' training sequences
 (``configs/ladder``), so the model is never asked to act beyond its context.
 """
@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from anymdp_gym.sampling import sample_garnet_task, sample_task
+from anymdp_gym.sampling import sample_contextual_bandit, sample_garnet_task, sample_task
 from anymdp_gym.task import Task
 from omnirl_jax.eval.gym_adapter import GYM_TASKS, gym_size, task_from_gym
 
@@ -38,10 +38,10 @@ EVAL_SEED = 0x0E7A1
 @dataclasses.dataclass(frozen=True)
 class Suite:
     name: str
-    family: Literal["anymdp", "garnet", "gym"]
+    family: Literal["anymdp", "garnet", "cbandit", "gym"]
     n_states: int = 16
-    """States (and observation ids) of AnyMDP / GARNET tasks (AnyMDP with 1: multi-armed bandits);
-    unused by ``gym``."""
+    """States (and observation ids) of AnyMDP / GARNET tasks (AnyMDP with 1: multi-armed bandits),
+    contexts of contextual bandits (AnyMDP's reward scheme); unused by ``gym``."""
     n_actions: int = 5
     n_tasks: int = 64
     """Tasks (AnyMDP / GARNET), or relabellings of each Gymnasium task."""
@@ -74,6 +74,8 @@ class Suite:
         rngs = [np.random.default_rng(np.random.SeedSequence([EVAL_SEED, self.n_states, i])) for i in ids]
         if self.family == "garnet":
             return [sample_garnet_task(self.n_states, self.n_actions, seed=rng) for rng in rngs]
+        if self.family == "cbandit":
+            return [sample_contextual_bandit(self.n_states, self.n_actions, seed=rng) for rng in rngs]
         return [sample_task(self.n_states, self.n_actions, seed=rng) for rng in rngs]
 
 
@@ -81,6 +83,7 @@ SUITES: dict[str, Suite] = {
     s.name: s
     for s in (
         Suite("bandit-5", "anymdp", n_states=1, steps=256, window=32, context_steps=128, baselines=BANDIT_BASELINES),
+        Suite("cbandit-8", "cbandit", n_states=8, steps=1024, window=128, context_steps=512, baselines=BANDIT_BASELINES),
         Suite("anymdp-8", "anymdp", n_states=8, steps=2048, window=256, context_steps=1024),
         Suite("anymdp-16", "anymdp", n_states=16, steps=4096, window=512, context_steps=2048),
         Suite("anymdp-32", "anymdp", n_states=32, steps=8192, window=1024, context_steps=4096),
