@@ -173,19 +173,27 @@ class Task:
 
     @classmethod
     def load(cls, path: str | Path) -> "Task":
-        """Read a task written by ``save``; a missing or foreign file raises ``ValueError``."""
+        """Read a task written by ``save``; any file that is not one (missing, foreign, truncated,
+        corrupt) raises ``ValueError`` naming it. Why every exception of the read: a damaged zip
+        raises whatever its first bad byte leads to (measured by flipping each bit 0 and 7 and
+        truncating at each length: ``BadZipFile``, ``EOFError``, ``NotImplementedError``,
+        ``RuntimeError`` besides ``ValueError``); the zip's CRC-32 of each array catches damage to
+        the data itself."""
         try:
             with np.load(path, allow_pickle=False) as data:
                 fields = {name: data[name] for name in data.files}
-        except (OSError, ValueError) as err:
-            raise ValueError(f"cannot read task file {path}: {err}") from None
+        except Exception as err:
+            raise ValueError(f"cannot read task file {path}: {type(err).__name__}: {err}") from None
         missing = {f.name for f in dataclasses.fields(cls) if f.name != "emission"} - set(fields)
         if missing:
             raise ValueError(f"task file {path} lacks {sorted(missing)}")
-        fields["task_type"] = str(fields["task_type"])
-        for name in ("n_states", "max_steps", "goal_terminates"):
-            fields[name] = fields[name].item()
-        return cls(**fields)
+        try:
+            fields["task_type"] = str(fields["task_type"])
+            for name in ("n_states", "max_steps", "goal_terminates"):
+                fields[name] = fields[name].item()
+            return cls(**fields)
+        except ValueError as err:
+            raise ValueError(f"task file {path} holds no valid task: {err}") from None
 
     # ----------------------------------------------------------------- xenoverse interop
     def to_xenoverse(self) -> dict[str, Any]:
