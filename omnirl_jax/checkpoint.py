@@ -5,20 +5,40 @@ RNG, the recurrent state carried across segments) and the data loader's position
 ``state()``). Saves are asynchronous and atomic (written to a temporary directory, then renamed),
 so a run killed mid-save leaves the previous checkpoints intact. A checkpoint that cannot be read
 stops the run with a one-line CheckpointError instead of silently starting over on top of it.
+
+Integrity: when every file of a step is written, and before orbax renames its temporary directory,
+``digest.json`` (``omnirl_jax.digest``: size and CRC-32 of each file) is written into it, so a
+step and its digest appear together; a kill at any point of a save leaves either the previous
+steps alone or a step with its digest. A restore checks the digest first. Why a corrupt newest
+step is set aside (renamed ``STEP.corrupt``, with a one-line warning naming the bad file) and the
+newest intact one restored, rather than stopping: a preempted run is restarted by its scheduler
+with the same command, and a stop would leave a pod idle until someone reads a log, for a loss of
+at most ``checkpoint.every`` steps that a deterministic run recomputes bit for bit; the bad step is
+kept for inspection, never trained on. A step named by ``checkpoint.restore_step`` is never
+replaced by another: if it is corrupt the run stops. Not covered: ``_CHECKPOINT_METADATA``, which
+orbax rewrites when it commits the step (a timestamp; orbax parses it, so damage there fails
+loudly). Steps written before digests were kept are restored with a warning that they are
+unverified.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
+from omnirl_jax import digest
 from omnirl_jax.config import CheckpointConfig
+
+STEP_METADATA = "_CHECKPOINT_METADATA"
+"""orbax's step metadata file, rewritten when a step is committed (so outside its digest)."""
 
 
 class CheckpointError(RuntimeError):
@@ -74,7 +94,10 @@ class Checkpointer:
             )
             keep = policies.AnyPreservationPolicy([policies.LatestN(n=1), best])
         options = ocp.CheckpointManagerOptions(
-            enable_async_checkpointing=cfg.async_save,
+            # Always orbax's async checkpointer: only it calls back between writing a step and
+            # committing it; ``async_save: false`` waits for each save instead.
+            enable_async_checkpointing=True,
+            async_options=ocp.AsyncOptions(post_finalization_callback=self._write_digest),
             preservation_policy=keep,
             cleanup_tmp_directories=True,
             create=True,
@@ -86,25 +109,45 @@ class Checkpointer:
         except Exception as e:
             raise CheckpointError(f"cannot open checkpoint directory {self.directory} ({_one_line(e)})") from None
 
-    def restore(self, abstract_state: Any) -> Optional[tuple[Any, dict, int]]:
-        """Returns (state, loader_state, step) of the configured or latest checkpoint, or None
-        when the directory holds none (a fresh run).
+    def _write_digest(self) -> None:
+        """orbax's post-finalisation callback: every file of the step being saved is written (on
+        every host: orbax waits at a barrier first) and its temporary directory not yet renamed."""
+        if jax.process_index() != 0:
+            return
+        suffix = ocp.path.atomicity_types.TMP_DIR_SUFFIX
+        pending = [p for p in self.directory.iterdir() if suffix in p.name]
+        if len(pending) != 1:
+            raise CheckpointError(f"cannot tell which step is being saved in {self.directory}: {sorted(p.name for p in pending)}")
+        digest.write_digest(pending[0], exclude=(STEP_METADATA,))
 
-        ``abstract_state`` is a tree of jax.ShapeDtypeStruct with shardings: the restored arrays
-        are placed exactly like a freshly initialised state. The checkpoint's array layout is
-        compared with it first, so a checkpoint of another config fails naming the first array
+    def restore(self, abstract_state: Any, *, warn: Callable[[str], None] = print,
+                set_aside: bool = False) -> Optional[tuple[Any, dict, int]]:
+        """Returns (state, loader_state, step) of the configured or the newest intact checkpoint,
+        or None when the directory holds none (a fresh run).
+
+        Each candidate's digest is checked first (module doc): a corrupt newest step is skipped
+        with a one-line ``warn`` and, with ``set_aside`` (the trainer, which will save that step
+        again), renamed ``STEP.corrupt``; a corrupt ``restore_step``, or no intact step at all,
+        raises. ``abstract_state`` is a tree of jax.ShapeDtypeStruct with shardings: the restored
+        arrays are placed exactly like a freshly initialised state. The checkpoint's array layout
+        is compared with it first, so a checkpoint of another config fails naming the first array
         that differs (and no read is left half done).
         """
-        steps = sorted(self.manager.all_steps())
+        steps = self.all_steps()
         step = self.cfg.restore_step
         if step is None:
             if not steps:
                 return None
-            step = steps[-1]
+            step = self._newest_intact(steps, warn, set_aside)
         elif step not in steps:
             raise CheckpointError(
                 f"no checkpoint for step {step} in {self.directory} (available: {steps or 'none'})"
             )
+        else:
+            problem = self._check(step, warn)
+            if problem is not None:
+                raise CheckpointError(f"checkpoint {self.directory / str(step)} is corrupt: {problem}; "
+                                      "set checkpoint.restore_step to an earlier step to resume from it")
         where = self.directory / str(step)
         try:
             stored = self.manager.item_metadata(step)["state"]
@@ -130,14 +173,53 @@ class Checkpointer:
             ) from None
         return restored["state"], restored["loader"], step
 
+    def _check(self, step: int, warn: Callable[[str], None]) -> Optional[str]:
+        """What is wrong with step ``step``'s files, or None (a step without a digest is from
+        before digests were kept: restorable, with a warning)."""
+        where = self.directory / str(step)
+        if not digest.has_digest(where):
+            warn(f"warning: checkpoint {where} has no {digest.DIGEST_FILE} (saved before digests were kept): not verified")
+            return None
+        return digest.check_digest(where)
+
+    def _newest_intact(self, steps: list[int], warn: Callable[[str], None], set_aside: bool) -> int:
+        bad = {}
+        for step in reversed(steps):
+            problem = self._check(step, warn)
+            if problem is None:
+                break
+            bad[step] = problem
+        else:
+            raise CheckpointError(f"no intact checkpoint in {self.directory} (newest: {next(iter(bad.values()))}); "
+                                  "nothing was changed")
+        fate = {bad_step: "skipped" for bad_step in bad}
+        if set_aside and bad:
+            if jax.process_count() > 1:  # every host has checked before the primary renames
+                multihost_utils.sync_global_devices("omnirl-checkpoint-checked")
+            if jax.process_index() == 0:
+                for bad_step in bad:
+                    where = self.directory / str(bad_step)
+                    aside = next(name for n in itertools.count()
+                                 if not (where.parent / (name := f"{bad_step}.corrupt{n or ''}")).exists())
+                    where.rename(where.parent / aside)
+                    fate[bad_step] = f"moved to {aside}"
+            self.manager.reload()
+        for bad_step, problem in bad.items():
+            warn(f"warning: checkpoint {self.directory / str(bad_step)} is corrupt: {problem}; "
+                 f"{fate[bad_step]}, using step {step}")
+        return step
+
     def save(self, step: int, state: Any, loader_state: dict, metrics: Optional[dict] = None) -> None:
-        """Starts an (async) save; returns once device arrays are copied, so training can go on."""
+        """Starts an (async) save; returns once device arrays are copied, so training can go on
+        (with ``async_save: false``, once the step is committed with its digest)."""
         loader_state = json.loads(json.dumps(loader_state))  # JSON-able, and decoupled from the loader
         self.manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), loader=ocp.args.JsonSave(loader_state)),
             metrics=metrics if self.cfg.best_metric is not None else None,
         )
+        if not self.cfg.async_save:
+            self.manager.wait_until_finished()
 
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())

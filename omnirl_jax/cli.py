@@ -3,8 +3,9 @@
     omnirl-train --config configs/cpu.yaml [--workdir DIR] [--set train.steps=500 model.n_layers=4]
 
 Checkpoints go to DIR/checkpoints, metrics to DIR/metrics.csv and DIR/tensorboard, the resolved
-config to DIR/config.yaml. Config and checkpoint problems end the run with a one-line error
-(exit status 2).
+config to DIR/config.yaml (every start's in DIR/config_history). Config, workdir and checkpoint
+problems end the run with a one-line error (exit status 2). SIGINT (Ctrl-C) or SIGTERM stop it
+after the step in flight with a checkpoint of it (exit status 130 or 143); a second one at once.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def main(argv=None) -> int:
     workdir = Path(args.workdir or Path("runs") / Path(args.config).stem)
     # Imported only now, so --help stays fast.
     from omnirl_jax.checkpoint import CheckpointError
+    from omnirl_jax.interrupt import Interrupted
     from omnirl_jax.sharding import initialize_distributed
+    from omnirl_jax.workdir import WorkdirError
 
     try:
         cfg = load_config(args.config, args.set)
@@ -70,6 +73,16 @@ def main(argv=None) -> int:
     except (ConfigError, CheckpointError) as e:
         print(f"omnirl-train: error: {e}", file=sys.stderr)
         return 2
+    except WorkdirError as e:
+        print(f"omnirl-train: error: --workdir {e.path}: {e.problem}", file=sys.stderr)
+        return 2
+    except Interrupted as e:
+        print(f"omnirl-train: {e}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:  # Ctrl-C outside the train loop: before it, or while the last save ends
+        print("omnirl-train: interrupted outside the train loop; checkpoints already written are intact; "
+              "run the same command to resume", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import yaml
 from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
@@ -31,10 +30,12 @@ from tqdm import tqdm
 from omnirl_jax import sharding
 from omnirl_jax.checkpoint import Checkpointer
 from omnirl_jax.config import Config, OptimConfig
+from omnirl_jax.interrupt import Interrupted, StopRequest
 from omnirl_jax.losses import compute_losses
 from omnirl_jax.metrics import MetricsWriter
 from omnirl_jax.model import OmniRL, reset_carry
 from omnirl_jax.typed_config import ConfigError, to_dict
+from omnirl_jax.workdir import Workdir
 
 STEP_METRICS = ("loss", "policy_loss", "next_state_loss", "reward_loss", "policy_accuracy", "grad_norm")
 """Metrics every train step returns."""
@@ -226,80 +227,99 @@ def train(
     """Trains to ``cfg.train.steps`` optimiser steps, resuming from ``workdir`` if it holds a
     checkpoint. Returns the logged metric rows of this run.
 
+    The workdir is locked for the run (``omnirl_jax.workdir``; a second trainer raises
+    ``WorkdirError``), and nothing in it is written before the checkpoint and the loader position
+    are restored: a config that does not fit raises with the workdir as it was. SIGINT or SIGTERM
+    stop the run after the step in flight with a checkpoint of it, raising ``Interrupted``
+    (``omnirl_jax.interrupt``).
+
     ``log`` gets one line each for what a user should know (primary host only): fresh start or
-    resume (and from which step), where metrics and checkpoints go, that the first step compiles,
-    and at the end the last metrics and the newest checkpoint."""
-    workdir = Path(workdir)
-    mesh = sharding.make_mesh(cfg.mesh, devices)
-    setup = Setup.create(cfg, mesh)
-    if cfg.checkpoint.best_metric is not None and cfg.checkpoint.best_metric not in step_metrics(cfg):
-        raise ConfigError(f"config key 'checkpoint.best_metric': {cfg.checkpoint.best_metric!r} is not one of {list(step_metrics(cfg))}")
+    resume (and from which step), a checkpoint skipped as corrupt, the config keys changed since
+    the last start, where metrics and checkpoints go, that the first step compiles, and at the
+    end the last metrics and the newest checkpoint."""
     is_main = jax.process_index() == 0
     say = log if is_main else (lambda _: None)
-    workdir.mkdir(parents=True, exist_ok=True)
-    if is_main:
-        (workdir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    with Workdir(workdir, own=is_main) as run_dir:
+        workdir = run_dir.path
+        mesh = sharding.make_mesh(cfg.mesh, devices)
+        setup = Setup.create(cfg, mesh)
+        if cfg.checkpoint.best_metric is not None and cfg.checkpoint.best_metric not in step_metrics(cfg):
+            raise ConfigError(f"config key 'checkpoint.best_metric': {cfg.checkpoint.best_metric!r} is not one of {list(step_metrics(cfg))}")
+        checkpointer = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
+        writer = None
+        try:
+            restored = checkpointer.restore(setup.abstract_state, warn=say, set_aside=True)
+            if restored is None:
+                state, start, window = setup.init_state(), 0, []
+                say(f"starting fresh in {workdir} (no checkpoint in {checkpointer.directory})")
+            else:
+                state, saved, start = restored
+                batches.restore(saved["processes"][jax.process_index()])
+                # Checkpoints from before the window was saved have none: theirs was lost then.
+                window = [{k: np.float32(v) for k, v in m.items()} for m in saved.get("log_window", [])]
+                say(f"resuming from step {start} of {checkpointer.directory}")
+            if is_main:
+                run_dir.record_start(to_dict(cfg), start, say)
+            writer = MetricsWriter(workdir, start, enabled=is_main)
+            if start >= cfg.train.steps:
+                say(f"nothing to train: step {start} already reaches train.steps={cfg.train.steps}")
+                return []
+            say(f"training steps {start + 1}..{cfg.train.steps}; metrics to {workdir / 'metrics.csv'} and "
+                f"{workdir / 'tensorboard'}, checkpoints every {cfg.checkpoint.every} steps to {checkpointer.directory}")
+            say("the first step compiles the model: a minute or more without progress is expected")
+            with StopRequest() as stop:
+                history = _run(setup, state, start, window, batches, checkpointer, writer, stop, progress and is_main)
+            last = history[-1]
+            say(f"done: step {last['step']}, loss {last['loss']:.4f}, policy accuracy {last['policy_accuracy']:.3f}, "
+                f"{last['tokens_per_s']:.3g} tokens/s; checkpoint {checkpointer.directory / str(cfg.train.steps)}")
+            return history
+        finally:
+            checkpointer.close()
+            if writer is not None:
+                writer.close()
 
-    checkpointer = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
-    writer = None
-    try:
-        restored = checkpointer.restore(setup.abstract_state)
-        if restored is None:
-            state, start = setup.init_state(), 0
-            say(f"starting fresh in {workdir} (no checkpoint in {checkpointer.directory})")
-        else:
-            state, loader_states, start = restored
-            batches.restore(loader_states["processes"][jax.process_index()])
-            say(f"resuming from step {start} of {checkpointer.directory}")
-        writer = MetricsWriter(workdir, start, enabled=is_main)
-        if start >= cfg.train.steps:
-            say(f"nothing to train: step {start} already reaches train.steps={cfg.train.steps}")
-            return []
-        say(f"training steps {start + 1}..{cfg.train.steps}; metrics to {workdir / 'metrics.csv'} and "
-            f"{workdir / 'tensorboard'}, checkpoints every {cfg.checkpoint.every} steps to {checkpointer.directory}")
-        say("the first step compiles the model: a minute or more without progress is expected")
-        history = _run(setup, state, start, batches, checkpointer, writer, progress and is_main)
-        last = history[-1]
-        say(f"done: step {last['step']}, loss {last['loss']:.4f}, policy accuracy {last['policy_accuracy']:.3f}, "
-            f"{last['tokens_per_s']:.3g} tokens/s; checkpoint {checkpointer.directory / str(cfg.train.steps)}")
-        return history
-    finally:
-        checkpointer.close()
-        if writer is not None:
-            writer.close()
 
-
-def _run(setup: Setup, state: TrainState, start: int, batches: BatchSource, checkpointer: Checkpointer,
-         writer: MetricsWriter, progress: bool) -> list[dict]:
+def _run(setup: Setup, state: TrainState, start: int, window: list[dict], batches: BatchSource,
+         checkpointer: Checkpointer, writer: MetricsWriter, stop: StopRequest, progress: bool) -> list[dict]:
+    """The loop from ``start``. ``window``: the metrics of the steps since the last logged row
+    (restored from the checkpoint, so a row whose window a resume splits equals the row of an
+    uninterrupted run); every checkpoint saves it."""
     cfg = setup.cfg
     total, accumulate = cfg.train.steps, cfg.optim.accumulate
     tokens_per_step = accumulate * cfg.train.batch_size * cfg.train.segment_len * cfg.model.tokens_per_step
     train_step = setup.jit_train_step()
-    history, pending, last_metrics = [], [], None
+    history, pending, last_metrics = [], list(window), None
     bar = tqdm(total=total, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
     window_start, window_steps = time.perf_counter(), 0
-    for step in range(start + 1, total + 1):
-        for _ in range(accumulate):
-            state, metrics = train_step(state, sharding.put_batch(next(batches), setup.mesh))
-            if pending:  # at most two steps in flight, so queued batches cannot pile up in memory
-                jax.block_until_ready(pending[-1])
-            pending.append(metrics)
-        window_steps += 1
-        bar.update(1)
-        if step % cfg.train.log_every == 0 or step == total:
-            means = {k: float(np.mean(v)) for k, v in jax.device_get(_stack(pending)).items()}
-            elapsed = time.perf_counter() - window_start
-            means["lr"] = float(setup.schedule(step - 1))  # the rate of the last update
-            means["steps_per_s"] = window_steps / elapsed
-            means["tokens_per_s"] = window_steps * tokens_per_step / elapsed
-            writer.write(step, means)
-            history.append({"step": step, **means})
-            bar.set_postfix(loss=f"{means['loss']:.4f}", tok_s=f"{means['tokens_per_s']:.3g}")
-            last_metrics, pending = means, []
-            window_start, window_steps = time.perf_counter(), 0
-        if step % cfg.checkpoint.every == 0 or step == total:
-            checkpointer.save(step, state, {"processes": _gather_loader_states(batches.state())}, last_metrics)
-    bar.close()
+    try:
+        for step in range(start + 1, total + 1):
+            for _ in range(accumulate):
+                state, metrics = train_step(state, sharding.put_batch(next(batches), setup.mesh))
+                if pending:  # at most two steps in flight, so queued batches cannot pile up in memory
+                    jax.block_until_ready(pending[-1])
+                pending.append(metrics)
+            window_steps += 1
+            bar.update(1)
+            if step % cfg.train.log_every == 0 or step == total:
+                means = {k: float(np.mean(v)) for k, v in _stack(pending).items()}
+                elapsed = time.perf_counter() - window_start
+                means["lr"] = float(setup.schedule(step - 1))  # the rate of the last update
+                means["steps_per_s"] = window_steps / elapsed
+                means["tokens_per_s"] = window_steps * tokens_per_step / elapsed
+                writer.write(step, means)
+                history.append({"step": step, **means})
+                bar.set_postfix(loss=f"{means['loss']:.4f}", tok_s=f"{means['tokens_per_s']:.3g}")
+                last_metrics, pending = means, []
+                window_start, window_steps = time.perf_counter(), 0
+            signum = stop.requested()
+            if step % cfg.checkpoint.every == 0 or step == total or signum:
+                saved_window = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
+                checkpointer.save(step, state, {"processes": _gather_loader_states(batches.state()),
+                                                "log_window": saved_window}, last_metrics)
+            if signum and step < total:  # at the last step the run is simply done
+                raise Interrupted(signum, step)
+    finally:
+        bar.close()
     return history
 
 
@@ -317,4 +337,6 @@ def _gather_loader_states(state: dict) -> list[dict]:
 
 
 def _stack(metrics: list[dict]) -> dict:
-    return {k: jnp.stack([m[k] for m in metrics]) for k in metrics[0]}
+    """Each metric's values over ``metrics`` (device arrays or restored float32 scalars), on the host."""
+    metrics = jax.device_get(metrics)
+    return {k: np.stack([m[k] for m in metrics]) for k in metrics[0]}

@@ -1,6 +1,7 @@
 """Checkpoints: exact resume after a crash, keep-N / best-N, clear errors that overwrite nothing."""
 
 import shutil
+import sys
 from pathlib import Path
 
 import jax
@@ -12,8 +13,10 @@ from conftest import SyntheticBatches
 from omnirl_jax.checkpoint import Checkpointer, CheckpointError
 from omnirl_jax.config import CheckpointConfig, Config, MeshConfig, ModelConfig, TrainConfig
 from omnirl_jax.train import train
+from omnirl_jax.workdir import LOCK_FILE
 
 N_STATES = 12
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 
 
 def tiny_config(**checkpoint) -> Config:
@@ -61,7 +64,8 @@ def read_params(workdir: Path, step: int):
 
 
 def tree_bytes(path: Path) -> dict:
-    return {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+    """Every file below ``path`` but the lock (which holds the pid of its last owner)."""
+    return {p: p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file() and p.name != LOCK_FILE}
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +108,7 @@ def test_resume_after_crash_equals_uninterrupted_run(runs):
     a, b = read_params(straight, 6), read_params(resumed, 6)
     for x, y in zip(jax.tree.leaves(a["state"]), jax.tree.leaves(b["state"])):
         np.testing.assert_array_equal(x, y)
-    assert a["loader"] == b["loader"] == {"processes": [{"index": 6}]}
+    assert a["loader"] == b["loader"] == {"processes": [{"index": 6}], "log_window": []}
     # The CSV reads as one run: the crashed run's rows after the checkpoint are replaced.
     steps = [int(line.split(",")[0]) for line in (resumed / "metrics.csv").read_text().splitlines()[1:]]
     assert steps == [1, 2, 3, 4, 5, 6]
@@ -116,23 +120,24 @@ def test_checkpoint_holds_train_state_and_loader_position(runs):
     restored = read_params(straight, 3)
     state = restored["state"]
     assert set(state) == {"step", "params", "opt_state", "rng", "carry"}
-    assert int(state["step"]) == 3 and restored["loader"] == {"processes": [{"index": 3}]}
+    assert int(state["step"]) == 3 and restored["loader"] == {"processes": [{"index": 3}], "log_window": []}
     assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(state["carry"]))
 
 
-def test_corrupt_checkpoint_gives_one_line_error_and_is_left_alone(runs, tmp_path):
+def test_no_intact_checkpoint_gives_one_line_error_and_is_left_alone(runs, tmp_path):
     cfg, straight, _, _, _ = runs
     workdir = tmp_path / "run"
     shutil.copytree(straight, workdir)
-    for f in (workdir / "checkpoints" / "6" / "state").rglob("*"):
+    for f in (workdir / "checkpoints").rglob("state/*"):
         if f.is_file():
             f.write_bytes(b"garbage")
-    before = tree_bytes(workdir / "checkpoints")
+    before = tree_bytes(workdir)
     with pytest.raises(CheckpointError) as err:
-        train(cfg, workdir, batches(), devices=jax.devices()[:1], progress=False)
+        train(cfg, workdir, batches(), devices=jax.devices()[:1], progress=False, log=lambda _: None)
     message = str(err.value)
-    assert "\n" not in message and "checkpoints/6" in message
-    assert tree_bytes(workdir / "checkpoints") == before
+    assert "\n" not in message and message.startswith(f"no intact checkpoint in {workdir / 'checkpoints'} (newest: ")
+    assert "checkpoints/6/state/" in message and "nothing was changed" in message
+    assert tree_bytes(workdir) == before
 
 
 def test_checkpoint_of_another_config_names_the_array_that_differs(runs, tmp_path):
@@ -141,13 +146,46 @@ def test_checkpoint_of_another_config_names_the_array_that_differs(runs, tmp_pat
     shutil.copytree(straight, workdir)
     cfg = tiny_config()
     cfg.model.d_model = 16
-    before = tree_bytes(workdir / "checkpoints")
+    before = tree_bytes(workdir)
     with pytest.raises(CheckpointError) as err:
         train(cfg, workdir, batches(), devices=jax.devices()[:1], progress=False)
     message = str(err.value)
     assert "\n" not in message and "checkpoints/6 does not match the config: " in message
     assert "params/action_embed/embedding/value is (6, 32) float32 in the checkpoint, the config needs (6, 16) float32 (and " in message
-    assert tree_bytes(workdir / "checkpoints") == before
+    assert tree_bytes(workdir) == before  # config.yaml and metrics.csv too: the run's record stays true
+
+
+def test_flipped_byte_is_never_trained_on(runs, tmp_path):
+    """One byte of the newest step flipped: a restore skips the step, naming the file, and the
+    trainer sets it aside and trains the lost steps again, ending bit for bit as the straight run;
+    a restore of exactly that step stops; evaluation uses the newest intact step."""
+    from fault_matrix import flip_byte, metric_rows
+
+    from omnirl_jax.eval.evaluate import load_model
+
+    cfg, straight, _, _, _ = runs
+    workdir = tmp_path / "run"
+    shutil.copytree(straight, workdir)
+    bad = flip_byte(workdir / "checkpoints" / "6")
+    flipped = bad.read_bytes()
+    lines = []
+    assert load_model(workdir, warn=lines.append).step == 3
+    assert lines == [f"warning: checkpoint {workdir / 'checkpoints' / '6'} is corrupt: {bad} does not match its "
+                     "CRC-32 digest; skipped, using step 3"]
+    explicit = tiny_config(restore_step=6)
+    with pytest.raises(CheckpointError, match=r"checkpoints/6 is corrupt: .* set checkpoint.restore_step to an earlier step"):
+        train(explicit, workdir, batches(), devices=jax.devices()[:1], progress=False, log=lambda _: None)
+    lines.clear()
+    train(cfg, workdir, batches(), devices=jax.devices()[:1], progress=False, log=lines.append)
+    assert lines[0] == (f"warning: checkpoint {workdir / 'checkpoints' / '6'} is corrupt: {bad} does not match its "
+                        "CRC-32 digest; moved to 6.corrupt, using step 3")
+    assert lines[1].startswith("resuming from step 3")
+    aside = workdir / "checkpoints" / "6.corrupt" / bad.relative_to(workdir / "checkpoints" / "6")
+    assert aside.read_bytes() == flipped  # kept for inspection, as found
+    a, b = read_params(straight, 6), read_params(workdir, 6)
+    for x, y in zip(jax.tree.leaves(a["state"]), jax.tree.leaves(b["state"])):
+        np.testing.assert_array_equal(x, y)
+    assert metric_rows(workdir) == metric_rows(straight)
 
 
 def test_missing_checkpoint_step_gives_one_line_error(runs):

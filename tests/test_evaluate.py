@@ -68,6 +68,15 @@ def test_missing_or_mismatched_checkpoint_fails_with_one_line(workdir, tmp_path,
     _one_line_error(capsys, ["--checkpoint", str(workdir), "--suite", "nosuch"], "unknown suite")
 
 
+def test_bad_out_fails_before_any_work(workdir, tmp_path, capsys):
+    """--out is checked first: a file there fails in one line before the model is even loaded."""
+    (tmp_path / "file").write_text("x")
+    _one_line_error(capsys, ["--checkpoint", str(tmp_path / "nope"), "--suite", "anymdp-16", "--out", str(tmp_path / "file")],
+                    f"--out {tmp_path / 'file'}: is a file, not a directory")
+    _one_line_error(capsys, ["--checkpoint", str(workdir), "--suite", "anymdp-16", "--out", str(tmp_path / "file" / "x")],
+                    f"--out {tmp_path / 'file' / 'x'}: cannot be created (Not a directory)")
+
+
 def test_end_to_end_writes_reports(workdir, tmp_path):
     out = tmp_path / "eval"
     results = run(str(workdir), ["anymdp-16"], modes=["online", "offline"], out=out, n_tasks=3, steps=256,

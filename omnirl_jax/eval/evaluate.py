@@ -31,7 +31,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import numpy as np
@@ -48,6 +48,7 @@ from omnirl_jax.eval.rollout import ModelRunner, behaviour_records
 from omnirl_jax.eval.suites import SUITES, Suite, get_suite
 from omnirl_jax.train import Setup, build_model
 from omnirl_jax.typed_config import ConfigError
+from omnirl_jax.workdir import writable_dir
 
 MODES = ("online", "offline", "imitation")
 AGENTS = ("model", "random", "oracle") + SOLVERS
@@ -69,8 +70,9 @@ class LoadedModel:
     config: Config
 
 
-def load_model(workdir: str | Path, step: Optional[int] = None) -> LoadedModel:
-    """Restores the parameters of a training run (``omnirl-train --workdir``) and its config.
+def load_model(workdir: str | Path, step: Optional[int] = None, warn: Callable[[str], None] = print) -> LoadedModel:
+    """Restores the parameters of a training run (``omnirl-train --workdir``) and its config;
+    without ``step``, of its newest intact checkpoint (a corrupt newer one is named to ``warn``).
 
     Why through ``train.Setup``/``checkpoint.Checkpointer``: the restore target is exactly what the
     trainer saves, so a checkpoint that does not match its ``config.yaml`` fails here with the
@@ -98,7 +100,7 @@ def load_model(workdir: str | Path, step: Optional[int] = None) -> LoadedModel:
         setup = Setup.create(cfg, mesh)
         checkpointer = Checkpointer(ckpt_dir, cfg.checkpoint)
         try:
-            restored = checkpointer.restore(setup.abstract_state)
+            restored = checkpointer.restore(setup.abstract_state, warn=warn)
         finally:
             checkpointer.close()
     except (CheckpointError, ConfigError) as e:
@@ -307,13 +309,17 @@ def run(checkpoint: Optional[str], suites: Sequence[str], *, modes: Sequence[str
         suite_defs = [get_suite(s) for s in suites]
     except ValueError as e:
         raise EvalError(str(e)) from None
+    out = Path(out)
+    problem = writable_dir(out)  # before any work: a bad --out must not cost an evaluation
+    if problem is not None:
+        raise EvalError(f"--out {out}: {problem}")
     model_first = ("model",) if checkpoint is not None else ()
     agents_of = {suite.name: tuple(agents) if agents is not None else model_first + suite.baselines for suite in suite_defs}
     model = None
     if any("model" in a for a in agents_of.values()):
         if checkpoint is None:
             raise EvalError("--checkpoint is required to evaluate the model")
-        model = load_model(checkpoint, step)
+        model = load_model(checkpoint, step, warn=log)
         log(f"model: {checkpoint} step {model.step} ({model.n_states} observation ids, {model.n_actions} actions)")
     results = []
     for suite in suite_defs:
@@ -340,8 +346,6 @@ def run(checkpoint: Optional[str], suites: Sequence[str], *, modes: Sequence[str
                                       n_tasks=n_tasks, steps=n_steps, window=win,
                                       context_steps=context_steps or suite.context_steps, seed=seed,
                                       temperature=temperature, log=log)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     paths = [*write_csv(results, out), *plot(results, out)]
     log(summary_table(results))
     log("wrote " + ", ".join(str(p) for p in paths))
