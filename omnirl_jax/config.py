@@ -56,7 +56,10 @@ class ModelConfig:
     --config configs/ladder/bandit.yaml --targets label --steps 300``: policy loss 0.533 (accuracy
     0.819) with it, 0.720 (0.721) without; the bandit rung at 1200 steps, online on its 64
     held-out tasks, 0.901 with it against 0.879 without (epsilon-greedy 0.878). Not a gain at 8
-    states in a 200-step probe (label loss 1.615 and 1.614, both at ln 5)."""
+    states in a 200-step probe (label loss 1.615 and 1.614, both at ln 5). With it the reward head
+    predicts the z-score instead of the raw reward (``losses``): the cbandit-8 rung at 1200 steps
+    scores 0.616 against 0.540 predicting raw rewards, whose error was too small (0.03) to train
+    on (``docs/experiments.md``)."""
     fused_step: bool = False
     """Three tokens per step instead of the spec's five: prompt, observation and tag share the first
     token (their embeddings summed), then action, then reward. Why: the prompt is constant over a

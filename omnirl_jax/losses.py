@@ -2,7 +2,8 @@
 
 The policy is trained against the *label* action (what the reference policy would do), not the
 behaviour action, so any behaviour data teaches the optimal in-context policy. The world-model
-terms predict the next observation (cross-entropy) and the reward (MSE); an optional auxiliary
+terms predict the next observation (cross-entropy) and the reward (MSE; its z-score in its sequence
+when the model has ``reward_zscore``, so the target is on one scale in every task); an optional auxiliary
 term (``LossConfig.behaviour``) predicts the behaviour action from a head of its own. Every step
 is weighted by the context warm-up, which depends on the step's absolute position in its sequence
 (``offset + t``), so it is the same whichever segment the step lands in and needs no buffer.
@@ -50,7 +51,7 @@ def compute_losses(outputs: dict, batch: dict, cfg: LossConfig, n_actions: int):
     next_ce = optax.softmax_cross_entropy_with_integer_labels(
         outputs["next_obs_logits"].astype(jnp.float32), batch["next_obs"]
     )
-    reward_se = jnp.square(outputs["reward"].astype(jnp.float32) - batch["reward"])
+    reward_se = jnp.square(outputs["reward"].astype(jnp.float32) - outputs.get("reward_target", batch["reward"]))
 
     policy_loss = _weighted_mean(policy_ce, policy_w)
     next_state_loss = _weighted_mean(next_ce, world_w)

@@ -55,6 +55,17 @@ def test_terms_match_a_direct_computation():
     assert float(only_policy) == pytest.approx(policy, rel=1e-5)
 
 
+def test_reward_term_takes_the_model_reward_target():
+    """A model with reward z-scores gives its own reward target (the z-scores): the reward term is
+    measured against it, not the raw reward."""
+    batch, outputs = batch_and_outputs(seed=2)
+    target = jnp.asarray(np.random.default_rng(3).normal(size=(3, 40)), jnp.float32)
+    _, raw = compute_losses(outputs, batch, LossConfig(), N_ACTIONS)
+    _, scored = compute_losses(dict(outputs, reward_target=target), batch, LossConfig(), N_ACTIONS)
+    _, exact = compute_losses(dict(outputs, reward=target, reward_target=target), batch, LossConfig(), N_ACTIONS)
+    assert float(exact["reward_loss"]) == 0.0 and float(scored["reward_loss"]) != float(raw["reward_loss"])
+
+
 def test_null_steps_do_not_contribute():
     batch, outputs = batch_and_outputs(seed=1)
     _, base = compute_losses(outputs, batch, LossConfig(), N_ACTIONS)

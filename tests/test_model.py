@@ -61,6 +61,11 @@ def test_output_shapes_and_dtypes(forward, batch):
     assert out["policy_logits"].shape == (2, 24, N_ACTIONS)
     assert out["next_obs_logits"].shape == (2, 24, N_STATES)
     assert out["reward"].shape == (2, 24)
+    assert ("reward_target" in out) == model.reward_zscore  # the reward head's target: z-scores
+    if model.reward_zscore:
+        from omnirl_jax.model.omnirl import reward_zscores
+        z, _ = reward_zscores(batch["reward"], batch["action"] < N_ACTIONS, jnp.zeros((2, 3)))
+        np.testing.assert_allclose(out["reward_target"], z, rtol=1e-6)
     assert jax.tree.structure(carry) == jax.tree.structure(model.init_carry(2))
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(carry))
 

@@ -78,7 +78,8 @@ class OmniRL(nnx.Module):
 
     def __call__(self, batch: dict, carry: tuple, *, dropout_key=None):
         """Returns ({policy_logits [B,T,A], next_obs_logits [B,T,S], reward [B,T]}, new carry), and
-        ``behaviour_logits`` [B,T,A] with a behaviour head."""
+        ``behaviour_logits`` [B,T,A] with a behaviour head; with ``reward_zscore``, ``reward_target``
+        [B,T], the rewards' z-scores, which the reward head then predicts instead of the raw reward."""
         carry, extra = list(carry[:len(self.blocks)]), list(carry[len(self.blocks):])
         zscore = None
         if self.reward_zscore:
@@ -107,6 +108,8 @@ class OmniRL(nnx.Module):
         }
         if self.behaviour_head is not None:
             outputs["behaviour_logits"] = self.behaviour_head(h_obs)
+        if self.reward_zscore:
+            outputs["reward_target"] = zscore
         return outputs, tuple(new_carry)
 
 
