@@ -357,7 +357,7 @@ def sample_task(
     check_sizes(n_states, n_actions, min_states)
     rng = as_generator(seed)
     if n_states == 1:
-        return _sample_bandit(rng, n_actions)
+        return _sample_contextual_bandit(rng, 1, n_actions, "anymdp")  # spec 1.10: one context
     if min(min_forward, min_backward) < 1:
         raise ValueError("band reaches must be >= 1")
     max_steps, mapping = _draw_common(rng, n_states, min_states)
@@ -380,11 +380,6 @@ def sample_task(
         max_steps=int(np.ceil(max_steps)),
         state_mapping=mapping,
     )
-
-
-def _sample_bandit(rng: np.random.Generator, n_actions: int) -> Task:
-    """A one-state task: every step ends the episode (spec 1.10)."""
-    return _sample_contextual_bandit(rng, 1, n_actions, "anymdp")
 
 
 CBANDIT_REWARDS = ("anymdp", "gaussian")
