@@ -15,7 +15,7 @@ without planning), ``anymdp-8`` and ``anymdp-16`` (AnyMDP, suites of the same na
    curve), the model's first and last window, and the paired per-task difference of the model
    and each classic baseline with its 95 % interval; then the scaling table with a least-squares
    line of score against log2(training steps) and the step count where it would reach the
-   rung's reference baseline (``Rung.baseline``: epsilon-greedy for bandits, per context for
+   rung's reference baseline (``Suite.baseline``: epsilon-greedy for bandits, per context for
    contextual bandits, tabular Q-learning
    for MDPs).
 
@@ -62,16 +62,19 @@ CLASSIC = ("q_learning", "model_based", "epsilon_greedy", "ucb1", "thompson")
 class Rung:
     name: str
     suite: str
-    baseline: str
-    """The classic baseline of the result line."""
 
     @property
     def config(self) -> Path:
         return ROOT / "configs" / "ladder" / f"{self.name}.yaml"
 
+    @property
+    def baseline(self) -> str:
+        """The classic baseline of the result line: the suite's (``Suite.baseline``)."""
+        return get_suite(self.suite).baseline
 
-RUNGS = {r.name: r for r in (Rung("bandit", "bandit-5", "epsilon_greedy"), Rung("cbandit-8", "cbandit-8", "epsilon_greedy"),
-                             Rung("anymdp-8", "anymdp-8", "q_learning"), Rung("anymdp-16", "anymdp-16", "q_learning"))}
+
+RUNGS = {r.name: r for r in (Rung("bandit", "bandit-5"), Rung("cbandit-8", "cbandit-8"), Rung("anymdp-8", "anymdp-8"),
+                             Rung("anymdp-16", "anymdp-16"))}
 QUICK = ["train.steps=8", "train.log_every=4", "checkpoint.every=2", "optim.warmup_steps=2"]
 """Overrides of ``--quick``: a few optimiser steps (checks the pipeline only)."""
 

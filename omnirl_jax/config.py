@@ -178,6 +178,21 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
+class EvalConfig:
+    """Online in-context evaluation during training (``omnirl_jax.eval.in_training``): the model
+    plays held-out tasks of a suite from an empty context, as ``omnirl-eval --modes online``."""
+
+    every: int = 0
+    """Evaluate every this many optimiser steps and at the end; 0: never."""
+    suite: str = "bandit-5"
+    """Suite of held-out tasks (``omnirl_jax.eval.suites.SUITES``)."""
+    tasks: int = 64
+    """Tasks played (the suite's first ones; at most the suite's size)."""
+    seed: int = 0
+    """Seed of the environments' and the policy's randomness in every evaluation."""
+
+
+@dataclasses.dataclass
 class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -186,6 +201,7 @@ class Config:
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
@@ -212,6 +228,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key {key!r}: must be positive, got {value}")
     if d.workers < 0:
         raise ConfigError(f"config key 'data.workers': must be >= 0 (0 generates in the trainer process), got {d.workers}")
+    if cfg.eval.every < 0 or cfg.eval.tasks <= 0:
+        raise ConfigError(f"config key 'eval.every'/'eval.tasks': every must be >= 0 (0: no evaluation) and tasks positive, "
+                          f"got {cfg.eval.every} and {cfg.eval.tasks}")
     if cfg.mesh.data == 0 or cfg.mesh.data < -1:
         raise ConfigError(f"config key 'mesh.data': must be positive or -1, got {cfg.mesh.data}")
     if m.token_conv < 0:

@@ -39,6 +39,8 @@ from omnirl_jax.workdir import Workdir
 
 STEP_METRICS = ("loss", "policy_loss", "next_state_loss", "reward_loss", "policy_accuracy", "grad_norm")
 """Metrics every train step returns."""
+RATE_METRICS = ("lr", "steps_per_s", "tokens_per_s")
+"""Metrics of each logged window of steps, beside the steps' means."""
 
 
 def step_metrics(cfg: Config) -> tuple[str, ...]:
@@ -245,6 +247,7 @@ def train(
         setup = Setup.create(cfg, mesh)
         if cfg.checkpoint.best_metric is not None and cfg.checkpoint.best_metric not in step_metrics(cfg):
             raise ConfigError(f"config key 'checkpoint.best_metric': {cfg.checkpoint.best_metric!r} is not one of {list(step_metrics(cfg))}")
+        evaluator = _evaluator(cfg, workdir)
         checkpointer = Checkpointer(workdir / "checkpoints", cfg.checkpoint)
         writer = None
         try:
@@ -260,18 +263,25 @@ def train(
                 say(f"resuming from step {start} of {checkpointer.directory}")
             if is_main:
                 run_dir.record_start(to_dict(cfg), start, say)
-            writer = MetricsWriter(workdir, start, enabled=is_main)
+            columns = step_metrics(cfg) + RATE_METRICS + (evaluator.columns() if evaluator else ())
+            writer = MetricsWriter(workdir, start, columns, enabled=is_main)
             if start >= cfg.train.steps:
                 say(f"nothing to train: step {start} already reaches train.steps={cfg.train.steps}")
                 return []
             say(f"training steps {start + 1}..{cfg.train.steps}; metrics to {workdir / 'metrics.csv'} and "
                 f"{workdir / 'tensorboard'}, checkpoints every {cfg.checkpoint.every} steps to {checkpointer.directory}")
             say("the first step compiles the model: a minute or more without progress is expected")
+            if evaluator is not None:
+                say(f"evaluating online on {cfg.eval.tasks} held-out {cfg.eval.suite} tasks every {cfg.eval.every} steps "
+                    f"and at the end (the first evaluation compiles: a minute)")
             with StopRequest() as stop:
-                history = _run(setup, state, start, window, batches, checkpointer, writer, stop, progress and is_main)
+                history = _run(setup, state, start, window, batches, checkpointer, writer, stop, evaluator, say,
+                               progress and is_main)
             last = history[-1]
             say(f"done: step {last['step']}, loss {last['loss']:.4f}, policy accuracy {last['policy_accuracy']:.3f}, "
                 f"{last['tokens_per_s']:.3g} tokens/s; checkpoint {checkpointer.directory / str(cfg.train.steps)}")
+            if evaluator is not None and evaluator.latest is not None and evaluator.latest.step == cfg.train.steps:
+                say(evaluator.describe(evaluator.latest))
             return history
         finally:
             checkpointer.close()
@@ -279,11 +289,24 @@ def train(
                 writer.close()
 
 
+def _evaluator(cfg: Config, workdir: Path):
+    """The evaluation during training of ``cfg.eval`` (None when off). Imported only then: the
+    evaluator imports this module."""
+    if cfg.eval.every == 0:
+        return None
+    from omnirl_jax.eval.in_training import InTrainingEval
+
+    return InTrainingEval(cfg, workdir / "eval")
+
+
 def _run(setup: Setup, state: TrainState, start: int, window: list[dict], batches: BatchSource,
-         checkpointer: Checkpointer, writer: MetricsWriter, stop: StopRequest, progress: bool) -> list[dict]:
+         checkpointer: Checkpointer, writer: MetricsWriter, stop: StopRequest, evaluator, say: Callable[[str], None],
+         progress: bool) -> list[dict]:
     """The loop from ``start``. ``window``: the metrics of the steps since the last logged row
     (restored from the checkpoint, so a row whose window a resume splits equals the row of an
-    uninterrupted run); every checkpoint saves it."""
+    uninterrupted run); every checkpoint saves it. The evaluation during training (``evaluator``,
+    if any) runs before the step's checkpoint, its figures in the step's row; a step at which a
+    stop was requested skips it (``omnirl-eval`` plays the checkpoint)."""
     cfg = setup.cfg
     total, accumulate = cfg.train.steps, cfg.optim.accumulate
     tokens_per_step = accumulate * cfg.train.batch_size * cfg.train.segment_len * cfg.model.tokens_per_step
@@ -300,18 +323,28 @@ def _run(setup: Setup, state: TrainState, start: int, window: list[dict], batche
                 pending.append(metrics)
             window_steps += 1
             bar.update(1)
+            row = {}
             if step % cfg.train.log_every == 0 or step == total:
                 means = {k: float(np.mean(v)) for k, v in _stack(pending).items()}
                 elapsed = time.perf_counter() - window_start
                 means["lr"] = float(setup.schedule(step - 1))  # the rate of the last update
                 means["steps_per_s"] = window_steps / elapsed
                 means["tokens_per_s"] = window_steps * tokens_per_step / elapsed
-                writer.write(step, means)
-                history.append({"step": step, **means})
                 bar.set_postfix(loss=f"{means['loss']:.4f}", tok_s=f"{means['tokens_per_s']:.3g}")
-                last_metrics, pending = means, []
+                row, last_metrics, pending = means, means, []
                 window_start, window_steps = time.perf_counter(), 0
             signum = stop.requested()
+            if evaluator is not None and (step % cfg.eval.every == 0 or step == total) and not signum:
+                eval_start = time.perf_counter()
+                evaluation = evaluator(state.params, step)
+                row = {**row, **evaluation.metrics}
+                if step < total:  # the last one is the run's last line (``train``)
+                    with tqdm.external_write_mode():
+                        say(evaluator.describe(evaluation))
+                window_start += time.perf_counter() - eval_start  # the next window's rates count training only
+            if row:
+                writer.write(step, row)
+                history.append({"step": step, **row})
             if step % cfg.checkpoint.every == 0 or step == total or signum:
                 saved_window = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
                 checkpointer.save(step, state, {"processes": _gather_loader_states(batches.state()),

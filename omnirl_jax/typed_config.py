@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 import yaml
@@ -43,8 +44,35 @@ def read_mapping(path: str) -> dict:
 
 
 def load_yaml(cls: type[T], path: str, overrides: typing.Sequence[str] = ()) -> T:
-    """Reads a YAML file, applies ``key=value`` overrides and builds ``cls`` from it."""
-    return from_dict(cls, apply_overrides(read_mapping(path), overrides))
+    """Reads a YAML file (with its ``base``, see ``read_with_base``), applies ``key=value``
+    overrides and builds ``cls`` from it."""
+    return from_dict(cls, apply_overrides(read_with_base(path), overrides))
+
+
+def read_with_base(path: str, _seen: tuple = ()) -> dict:
+    """The mapping of a YAML file whose optional top-level ``base: other.yaml`` (relative to the
+    file) names a config it changes: the base's mapping, with this file's keys merged into it
+    section by section (a mapping merges key by key, any other value replaces the base's). Why:
+    a variant of a config (the Quickstart of the bandit rung, a rung's sizes) states only what
+    differs, so the shared settings have one home."""
+    raw = read_mapping(path)
+    if "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str):
+        raise ConfigError(f"config file {path}: 'base' must be a file name, got {_describe(base)}")
+    base_path = str(Path(path).parent / base)
+    if Path(base_path).resolve() in _seen:
+        raise ConfigError(f"config file {path}: base {base} includes itself")
+    return _merge(read_with_base(base_path, _seen + (Path(path).resolve(),)), raw)
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    merged = _deep_copy(base)
+    for key, value in changes.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if both else _deep_copy(value)
+    return merged
 
 
 def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict:

@@ -12,7 +12,7 @@ from omnirl_jax.typed_config import ConfigError, apply_overrides, from_dict
 CONFIGS = Path(__file__).parent.parent / "configs"
 
 
-@pytest.mark.parametrize("name", ["cpu", "gpu", "tpu"])
+@pytest.mark.parametrize("name", ["cpu", "gpu", "tpu", "quickstart", "ladder/bandit", "ladder/cbandit-8", "ladder/anymdp-8", "ladder/anymdp-16"])
 def test_shipped_configs_load(name):
     cfg = load_config(str(CONFIGS / f"{name}.yaml"))
     assert isinstance(cfg, Config)
@@ -106,3 +106,21 @@ def test_unreadable_files(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML") as err:
         load_config(str(bad))
     assert "\n" not in str(err.value)
+
+
+def test_a_config_states_only_what_differs_from_its_base(tmp_path):
+    (tmp_path / "base.yaml").write_text("model: {d_model: 48, n_layers: 3}\ntrain: {steps: 900, seed: 4}\n")
+    (tmp_path / "variant.yaml").write_text("base: base.yaml\ntrain: {steps: 30}\n")
+    cfg = load_config(str(tmp_path / "variant.yaml"), ["model.n_layers=1"])
+    assert (cfg.model.d_model, cfg.model.n_layers, cfg.train.steps, cfg.train.seed) == (48, 1, 30, 4)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        load_config(str(tmp_path / "loop.yaml"))
+    (tmp_path / "missing.yaml").write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="cannot read config file .*nowhere.yaml"):
+        load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_the_quickstart_is_the_bandit_rung_with_evaluation():
+    quick, rung = load_config(str(CONFIGS / "quickstart.yaml")), load_config(str(CONFIGS / "ladder" / "bandit.yaml"))
+    assert quick.model == rung.model and quick.data == rung.data and quick.eval.every > 0 and quick.eval.suite == "bandit-5"

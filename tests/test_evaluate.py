@@ -12,7 +12,8 @@ from omnirl_jax import sharding
 from omnirl_jax.eval.baselines import normalise
 from omnirl_jax.checkpoint import Checkpointer
 from omnirl_jax.config import CheckpointConfig, Config, DataConfig, MeshConfig, ModelConfig, TrainConfig
-from omnirl_jax.eval.evaluate import main, run, window_returns
+from omnirl_jax.eval.cli import main
+from omnirl_jax.eval.evaluate import run, window_returns
 from omnirl_jax.train import Setup
 from omnirl_jax.typed_config import to_dict
 

@@ -43,11 +43,10 @@ from anymdp_gym.solvers import (
 from anymdp_gym.task import Task
 from omnirl_jax.eval import env_jax
 from omnirl_jax.eval.rollout import Records, Trajectory, table_rollout
+from omnirl_jax.eval.suites import SOLVERS
 
 ORACLE_GAMMA = 0.994
 MIN_GAP = 1e-6
-SOLVERS = ("q_learning", "model_based", "epsilon_greedy", "ucb1", "thompson")
-BASELINES = ("random", "oracle") + SOLVERS
 
 
 def expected_return(task: Task, policy: np.ndarray) -> float:

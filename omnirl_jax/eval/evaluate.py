@@ -24,10 +24,8 @@ its learning curve over the whole budget). Outputs under ``--out``: ``curves.csv
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -37,21 +35,18 @@ import jax
 import numpy as np
 from flax import nnx
 
-from omnirl_jax import sharding
+from omnirl_jax import pretrained, sharding
 from omnirl_jax.eval import env_jax
-from omnirl_jax.eval.baselines import SOLVERS, normalise, oracle_table, reference_returns, solver_baseline, table_baseline
+from omnirl_jax.eval.baselines import normalise, oracle_table, reference_returns, solver_baseline, table_baseline
 from omnirl_jax.checkpoint import CheckpointError, Checkpointer
-from omnirl_jax.cli import HelpFormatter
 from omnirl_jax.config import Config, MeshConfig, load_config
 from omnirl_jax.data.schema import TAG_ID
 from omnirl_jax.eval.rollout import ModelRunner, behaviour_records
-from omnirl_jax.eval.suites import SUITES, Suite, get_suite
+from omnirl_jax.eval.suites import AGENTS, MODES, SOLVERS, Suite, get_suite
 from omnirl_jax.train import Setup, build_model
 from omnirl_jax.typed_config import ConfigError
 from omnirl_jax.workdir import writable_dir
 
-MODES = ("online", "offline", "imitation")
-AGENTS = ("model", "random", "oracle") + SOLVERS
 OFFLINE_EPS = 0.5
 OFFLINE_GAMMA = 0.5
 
@@ -73,16 +68,18 @@ class LoadedModel:
 def load_model(workdir: str | Path, step: Optional[int] = None, warn: Callable[[str], None] = print) -> LoadedModel:
     """Restores the parameters of a training run (``omnirl-train --workdir``) and its config;
     without ``step``, of its newest intact checkpoint (a corrupt newer one is named to ``warn``).
+    ``workdir`` may also be an exported model (``omnirl_jax.pretrained``).
 
     Why through ``train.Setup``/``checkpoint.Checkpointer``: the restore target is exactly what the
     trainer saves, so a checkpoint that does not match its ``config.yaml`` fails here with the
-    checkpointer's one-line ``CheckpointError``. The model is rebuilt for stepping: one device,
-    no remat, and a GLA chunk of one step's tokens (a one-step call then pads nothing;
-    chunking changes no parameter or result).
+    checkpointer's one-line ``CheckpointError``. The model is rebuilt for stepping on one device
+    (``make_runner``).
     """
     workdir = Path(workdir)
     if not workdir.is_dir():
         raise EvalError(f"checkpoint directory {workdir} does not exist")
+    if pretrained.is_export(workdir):
+        return _load_export(workdir, step)
     if not (workdir / "config.yaml").is_file():
         raise EvalError(f"{workdir} holds no config.yaml: pass the --workdir of an omnirl-train run")
     ckpt_dir = workdir / "checkpoints"
@@ -108,10 +105,31 @@ def load_model(workdir: str | Path, step: Optional[int] = None, warn: Callable[[
     if restored is None:
         raise EvalError(f"no checkpoint in {ckpt_dir}")
     state, _, restored_step = restored
+    return LoadedModel(make_runner(cfg, state.params), cfg.data.n_states, cfg.data.n_actions, int(restored_step), cfg)
+
+
+def _load_export(path: Path, step: Optional[int]) -> LoadedModel:
+    """An exported model (``omnirl_jax.pretrained``)."""
+    try:
+        cfg = load_config(str(path / "config.yaml"))
+        abstract = nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0)))
+        params, info = pretrained.load(path, nnx.split(abstract, nnx.Param)[1])
+    except ConfigError as e:
+        raise EvalError(f"{path / 'config.yaml'}: {e}") from None
+    except pretrained.ExportError as e:
+        raise EvalError(str(e)) from None
+    if step is not None and step != info["step"]:
+        raise EvalError(f"{path} holds the parameters of step {info['step']} only, not step {step}")
+    return LoadedModel(make_runner(cfg, params), cfg.data.n_states, cfg.data.n_actions, int(info["step"]), cfg)
+
+
+def make_runner(cfg: Config, params) -> ModelRunner:
+    """A ``ModelRunner`` of the model of ``cfg`` with ``params``, rebuilt for stepping: no remat,
+    and a GLA chunk of one step's tokens (a one-step call then pads nothing; chunking changes no
+    parameter or result)."""
     eval_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, chunk_size=cfg.model.tokens_per_step, remat=False))
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(eval_cfg, nnx.Rngs(0))), nnx.Param)
-    runner = ModelRunner(graphdef, state.params, cfg.data.n_actions)
-    return LoadedModel(runner, cfg.data.n_states, cfg.data.n_actions, int(restored_step), cfg)
+    return ModelRunner(graphdef, params, cfg.data.n_actions)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -350,44 +368,3 @@ def run(checkpoint: Optional[str], suites: Sequence[str], *, modes: Sequence[str
     log(summary_table(results))
     log("wrote " + ", ".join(str(p) for p in paths))
     return results
-
-
-def _csv_list(text: str) -> list[str]:
-    return [x for x in text.split(",") if x]
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="omnirl-eval", description=" ".join(__doc__.split("\n\n")[0].replace("``", "").split()),
-        formatter_class=HelpFormatter,
-        epilog="example: omnirl-eval --checkpoint runs/cpu --suite anymdp-16 --modes online --out runs/cpu/eval")
-    parser.add_argument("--checkpoint", help="workdir of an omnirl-train run (holds config.yaml and checkpoints/)")
-    parser.add_argument("--suite", required=True, type=_csv_list, help="comma-separated suites, of " + ", ".join(SUITES))
-    parser.add_argument("--modes", type=_csv_list, default=",".join(MODES), help="comma-separated, of " + ",".join(MODES))
-    parser.add_argument("--agents", type=_csv_list, help=f"comma-separated, of {','.join(AGENTS)} "
-                        "(default: the model and the suite's own baselines)")
-    parser.add_argument("--out", default="eval", help="directory for CSV and PNG files")
-    parser.add_argument("--tasks", type=int, help="tasks per group (default: the suite's)")
-    parser.add_argument("--steps", type=int, help="interaction steps per task and mode (default: the suite's)")
-    parser.add_argument("--window", type=int, help="steps per curve point (default: the suite's)")
-    parser.add_argument("--context-steps", type=int, help="context records in offline/imitation modes")
-    parser.add_argument("--temperature", type=float, default=1.0, help="policy sampling temperature (0: greedy)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of env, policy and baseline randomness")
-    parser.add_argument("--step", type=int, help="checkpoint step to restore (default: the latest)")
-    args = parser.parse_args(argv)
-    for name in ("tasks", "steps", "window", "context_steps"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
-    try:
-        run(args.checkpoint, args.suite, modes=args.modes, agents=args.agents, out=args.out, n_tasks=args.tasks,
-            steps=args.steps, window=args.window, context_steps=args.context_steps, seed=args.seed,
-            temperature=args.temperature, step=args.step)
-    except EvalError as e:
-        print(f"omnirl-eval: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
