@@ -47,7 +47,7 @@ def jax_throughput(env, params, num_envs: int, n_steps: int, batched: bool) -> t
     n_actions = env.action_space(None if batched else params).n
 
     @jax.jit
-    def run(key, state):
+    def run(key, state, params):  # params as an argument: closed over, 4 GB of tables become constants
         def body(state, key):
             k_act, k_step = jax.random.split(key)
             action = jax.random.randint(k_act, (num_envs,), 0, n_actions)
@@ -58,12 +58,12 @@ def jax_throughput(env, params, num_envs: int, n_steps: int, batched: bool) -> t
 
     _, state = reset(jax.random.split(jax.random.key(0), num_envs), params)
     start = time.perf_counter()
-    jax.block_until_ready(run(jax.random.key(1), state))
+    jax.block_until_ready(run(jax.random.key(1), state, params))
     compile_s = time.perf_counter() - start
     best = np.inf
     for k in range(3):
         start = time.perf_counter()
-        jax.block_until_ready(run(jax.random.key(2 + k), state))
+        jax.block_until_ready(run(jax.random.key(2 + k), state, params))
         best = min(best, time.perf_counter() - start)
     return compile_s, num_envs * n_steps / best
 
