@@ -27,8 +27,9 @@ import sys
 import jax
 import numpy as np
 
+from anymdp_gym.jax import dynamics as env_jax
 from omnirl_jax.data.schema import TAG_ID
-from omnirl_jax.eval import env_jax, evaluate
+from omnirl_jax.eval import evaluate
 from omnirl_jax.eval.baselines import normalise, reference_returns, solver_baseline
 from omnirl_jax.eval.suites import get_suite
 from icrl_ladder import paired

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from anymdp_gym import sample_task
-from omnirl_jax.eval import env_jax
+from anymdp_gym.jax import dynamics as env_jax
 from omnirl_jax.eval.baselines import oracle_table, reference_returns, table_baseline
 from omnirl_jax.config import ModelConfig
 from omnirl_jax.data.schema import TAG_ID

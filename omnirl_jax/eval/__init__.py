@@ -1,6 +1,6 @@
 """Evaluation: held-out task suites played in context by a checkpoint and by baselines.
 
-``suites`` (which tasks) -> ``env_jax`` and ``gym_adapter`` (their dynamics in JAX) ->
-``rollout`` (model and env in one ``lax.scan``) -> ``baselines`` (reference returns, classic
+``suites`` (which tasks; ``gym_adapter`` converts Gymnasium's toy-text tasks) -> ``rollout`` (model
+and env, ``anymdp_gym.jax.dynamics``, in one ``lax.scan``) -> ``baselines`` (reference returns, classic
 learners) -> ``evaluate`` (``omnirl-eval``: curves, tables, plots).
 """

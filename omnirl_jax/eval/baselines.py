@@ -41,7 +41,7 @@ from anymdp_gym.solvers import (
     UCB1Solver,
 )
 from anymdp_gym.task import Task
-from omnirl_jax.eval import env_jax
+from anymdp_gym.jax import dynamics as env_jax
 from omnirl_jax.eval.rollout import Records, Trajectory, table_rollout
 from omnirl_jax.eval.suites import SOLVERS
 

@@ -35,8 +35,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from anymdp_gym.jax import dynamics as env_jax
 from omnirl_jax import pretrained, sharding
-from omnirl_jax.eval import env_jax
 from omnirl_jax.eval.baselines import normalise, oracle_table, reference_returns, solver_baseline, table_baseline
 from omnirl_jax.checkpoint import CheckpointError, Checkpointer
 from omnirl_jax.config import Config, MeshConfig, load_config

@@ -9,7 +9,7 @@ Vocabulary mapping: the env's states get observation ids by a seeded random perm
 ``[0, n_obs)`` (``n_obs`` = the model's observation vocabulary), as AnyMDP does, so the model
 cannot lean on the env's id order; each seed is a different relabelling of the same task. The
 env's actions keep their ids; a model with more actions has the surplus masked
-(``env_jax.EnvParams.action_mask``). A task larger than the vocabulary raises ``ValueError``.
+(``anymdp_gym.jax.dynamics.EnvParams.action_mask``). A task larger than the vocabulary raises ``ValueError``.
 
 Decisions where Gymnasium is silent or differs from ``Task``:
 

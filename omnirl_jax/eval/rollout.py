@@ -6,7 +6,8 @@ the online loop:
 
 1. if the previous action ended an episode by termination, the terminal observation is fed as
    its own record (null action, reward 0, the last tag), as in the training data
-   (``omnirl_jax.data.schema``); a truncated episode gets no such record;
+   (``omnirl_jax.data.schema``); a truncated episode gets no such record, nor does a pull of a
+   one-step task (a bandit: ``terminal_record``);
 2. the model is called on a one-step batch holding the real prompt, observation and tag and
    placeholders for action and reward (the null action and 0). The policy head reads the
    observation token, which comes before the action and reward tokens, so the placeholders
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from omnirl_jax.eval import env_jax
+from anymdp_gym.jax import dynamics as env_jax
 from omnirl_jax.data.schema import TAG_ID
 
 PROMPT = TAG_ID["opt3"]
@@ -68,6 +69,13 @@ class Trajectory(NamedTuple):
     def done(self):
         """The step ended an episode."""
         return self.terminated | self.truncated
+
+
+def terminal_record(params: env_jax.EnvParams, out: env_jax.Step):
+    """Whether the step's arrival observation is recorded as a terminal record next: on
+    termination, except in a one-step task (bandit, ``max_steps == 1``), whose sequences hold
+    pulls only, as the generator writes them (``omnirl_jax.data.generate``)."""
+    return out.terminated & (params.max_steps_in_episode > 1)
 
 
 def sample_action(key, logits, action_mask, temperature: float):
@@ -111,7 +119,7 @@ class ModelRunner:
                              temperature=float(temperature))
 
     def _rollout_impl(self, params, carry, env_params, key, tag, *, n_steps, temperature):
-        batch_size = env_params.max_steps.shape[0]
+        batch_size = env_params.max_steps_in_episode.shape[0]
         key, k_reset = jax.random.split(key)
         env = env_jax.reset_batch(env_params, jax.random.split(k_reset, batch_size))
         null = jnp.full((batch_size, 1), self.n_actions, jnp.int32)
@@ -136,7 +144,7 @@ class ModelRunner:
             obs = env.obs
             env, out = env_jax.step_batch(env_params, env, action, jax.random.split(k_env, batch_size))
             _, carry = self._apply(params, one_step(obs, action[:, None], out.reward[:, None]), carry)
-            return (carry, env, out.terminated, out.next_obs), Trajectory(obs, action, out.reward, out.next_obs, out.terminated, out.truncated)
+            return (carry, env, terminal_record(env_params, out), out.next_obs), Trajectory(obs, action, out.reward, out.next_obs, out.terminated, out.truncated)
 
         init = (carry, env, jnp.zeros(batch_size, bool), env.obs)
         (carry, *_), traj = jax.lax.scan(body, init, jax.random.split(key, n_steps))
@@ -195,7 +203,7 @@ def behaviour_records(env_params: env_jax.EnvParams, greedy, eps, greedy_tag, ke
                                jnp.bool_(False), jnp.bool_(False))
             record = jax.tree.map(lambda t, a: jnp.where(pending, t, a), terminal, acted)
             env = jax.tree.map(lambda old, new: jnp.where(pending, old, new), env, new_env)
-            state = (env, ~pending & out.terminated, jnp.where(pending, terminal_obs, out.next_obs),
+            state = (env, ~pending & terminal_record(params, out), jnp.where(pending, terminal_obs, out.next_obs),
                      jnp.where(pending, last_tag, tag))
             return state, record
 

@@ -1,4 +1,4 @@
-"""The JAX AnyMDP step against the Task it was built from: empirical statistics, episode ends,
+"""anymdp_gym.jax.dynamics against the Task it was built from: empirical statistics, episode ends,
 padding, and the Gymnasium adapter's exact conversion."""
 
 import gymnasium as gym
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from anymdp_gym import sample_task
-from omnirl_jax.eval import env_jax
+from anymdp_gym.jax import dynamics as env_jax
 from omnirl_jax.eval.gym_adapter import task_from_gym
 
 N_SAMPLES = 20_000
@@ -41,7 +41,7 @@ def test_reset_follows_start_distribution(task):
     expected[task.start_states] = task.start_probs
     np.testing.assert_allclose(freq, expected, atol=4 * np.sqrt(0.25 / N_SAMPLES))
     np.testing.assert_array_equal(np.asarray(states.obs), task.state_mapping[np.asarray(states.state)])
-    assert np.all(np.asarray(states.steps) == 0)
+    assert np.all(np.asarray(states.time) == 0)
 
 
 def test_transition_and_reward_statistics(task):
@@ -70,13 +70,13 @@ def test_terminal_and_truncation_reset(task):
     hit = np.asarray(out.next_obs) == task.state_mapping[pit]
     assert hit.any()
     assert np.all(np.asarray(out.terminated)[hit]) and not np.any(np.asarray(out.truncated)[hit])
-    assert np.all(np.asarray(env.steps)[hit] == 0)  # reset on termination...
+    assert np.all(np.asarray(env.time)[hit] == 0)  # reset on termination...
     assert np.all(np.isin(np.asarray(env.state)[hit], task.start_states))
-    assert np.all(np.asarray(env.steps)[~hit] == 1)  # ...and not otherwise
+    assert np.all(np.asarray(env.time)[~hit] == 1)  # ...and not otherwise
     # The max_steps-th action truncates unless it terminates.
     env, out = _steps_from(params, int(s), int(a), steps=task.max_steps - 1, n=2000)
     np.testing.assert_array_equal(np.asarray(out.truncated), ~np.asarray(out.terminated))
-    assert np.all(np.asarray(env.steps) == 0)
+    assert np.all(np.asarray(env.time) == 0)
 
 
 def test_padding_masks_actions_and_keeps_dynamics():
