@@ -25,7 +25,10 @@ its terminal record) into the carried state, then draws an action, with the very
 calls as ``omnirl-eval``'s batched rollout, so both give the same outputs on the same inputs
 (tested). Actions are drawn from the policy head's softmax at ``temperature`` (0: greedy),
 keyed by ``(seed, step count)``: a seed replays a run. ``num_envs=B`` plays ``B`` environments in
-lockstep (``act`` then takes and returns ``[B]`` arrays), one jitted call for all of them.
+lockstep (``act`` then takes and returns ``[B]`` arrays), one jitted call for all of them: envs
+stepped one by one, or a Gymnasium vector env in ``AutoresetMode.SAME_STEP`` with
+``info["final_obs"]`` as ``next_obs`` where an episode ended (in the default next-step mode the
+step after an episode's end is a reset, not an action, and must not be reported).
 
 Spaces: observations must be ``Discrete(n)`` with ``n`` at most the model's observation ids
 (its config's ``data.n_states``), any other id is refused; a ``Box`` observation goes through

@@ -9,7 +9,7 @@ from conftest import tiny_checkpoint
 
 from anymdp_gym.solvers import RandomSolver
 from omnirl_jax.eval import live
-from omnirl_jax.eval.evaluate import run
+from omnirl_jax.eval.evaluate import main, run
 from omnirl_jax.eval.suites import get_suite
 
 
@@ -33,6 +33,12 @@ def test_play_steps_instances_in_lockstep():
 def test_controllers_beat_random(name):
     r_random, r_oracle = live.reference_returns(live.LIVE_TASKS[name], seed=0, episodes=3)
     assert r_oracle > r_random + (50 if name == "MountainCar" else 500), (r_random, r_oracle)
+
+
+def test_live_suite_refuses_table_modes_in_one_line(tmp_path, capsys):
+    assert main(["--suite", "pendulum", "--modes", "offline,imitation", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.endswith("plays online only, not --modes offline,imitation"), err
 
 
 @pytest.mark.slow

@@ -48,7 +48,6 @@ from omnirl_jax.eval.rollout import Records, Trajectory, table_rollout
 ORACLE_GAMMA = 0.994
 MIN_GAP = 1e-6
 SOLVERS = ("q_learning", "model_based", "epsilon_greedy", "ucb1", "thompson")
-BASELINES = ("random", "oracle") + SOLVERS
 
 
 def expected_return(task: Task, policy: np.ndarray) -> float:

@@ -44,7 +44,7 @@ from omnirl_jax.agent import InContextAgent
 from omnirl_jax.cli import HelpFormatter
 from omnirl_jax.data.schema import TAG_ID
 from omnirl_jax.eval import env_jax, live
-from omnirl_jax.eval.baselines import (BASELINES, CONTEXT_FREE, TABLE_BASELINES, TablePlay, normalise, oracle_table,
+from omnirl_jax.eval.baselines import (CONTEXT_FREE, TABLE_BASELINES, TablePlay, normalise, oracle_table,
                                        reference_returns)
 from omnirl_jax.eval.restore import EvalError, LoadedModel, load_model
 from omnirl_jax.eval.rollout import behaviour_records
@@ -52,7 +52,7 @@ from omnirl_jax.eval.suites import EVAL_SEED, LIVE_MODES, SUITES, Suite, get_sui
 from omnirl_jax.workdir import writable_dir
 
 MODES = ("online", "offline", "imitation")
-AGENTS = ("model",) + BASELINES
+AGENTS = ("model",) + tuple(dict.fromkeys((*TABLE_BASELINES, *live.LIVE_BASELINES)))
 OFFLINE_EPS = 0.5
 OFFLINE_GAMMA = 0.5
 
@@ -291,6 +291,11 @@ def run(checkpoint: Optional[str], suites: Sequence[str], *, modes: Sequence[str
         raise EvalError(f"--out {out}: {problem}")
     model_first = ("model",) if checkpoint is not None else ()
     agents_of = {suite.name: tuple(agents) if agents is not None else model_first + suite.baselines for suite in suite_defs}
+    for suite in suite_defs:
+        known = ("model",) + tuple(live.LIVE_BASELINES if suite.live else TABLE_BASELINES)
+        for agent in agents_of[suite.name]:
+            if agent not in known:
+                raise EvalError(f"agent {agent!r} does not play suite {suite.name} (it plays {', '.join(known)})")
     model = None
     if any("model" in a for a in agents_of.values()):
         if checkpoint is None:

@@ -16,6 +16,8 @@ the online loop:
    advance the carry.
 
 So one step costs three model calls at most, and memory does not grow with the number of steps.
+``ModelRunner.act`` makes the same calls for an agent driven from outside (``omnirl_jax.agent``),
+in the order its steps arrive: the last step's record and terminal record, then the next action.
 Table policies with epsilon noise (the random and oracle baselines, the behaviour policies of the
 offline and imitation contexts) run through ``table_rollout`` and ``behaviour_records``.
 """
