@@ -11,16 +11,17 @@ Modes (spec section 4), all acting with prompt ``opt3``, the model's own steps t
 * **imitation**: first a context of ``opt3`` demonstrations (tag ``opt3``), then the model acts.
 
 After a context the model (and each learning baseline, which first ``update``s on the context's
-transitions) starts a fresh episode. Live suites (``mountaincar``, ``pendulum``: Gymnasium envs
-with no table, ``live`` module doc) play online only, the model through
-``omnirl_jax.agent.InContextAgent`` and each baseline of ``live.LIVE_BASELINES`` through the
-envs' own ``step``; the other suites run through the tables (``rollout``, ``TABLE_BASELINES``). Actions are sampled from the policy head's softmax at
-``--temperature`` (1: the distribution the model was trained to output; 0: greedy).
+transitions) starts a fresh episode. Actions are sampled from the policy head's softmax at
+``--temperature`` (1: the distribution the model was trained to output; 0: greedy). Live suites
+(``mountaincar``, ``pendulum``: Gymnasium envs with no table, ``live`` module doc) play online
+only, the model through ``omnirl_jax.agent.InContextAgent`` and each baseline of
+``live.LIVE_BASELINES`` through the envs' own ``step``; the other suites run on tables
+(``rollout``, ``baselines.TABLE_BASELINES``).
 
-Scoring (``baselines`` module doc for the reference returns, ``live`` for live suites): per task, the returns of the
-episodes that end inside each window of ``suite.window`` interaction steps are averaged and
-normalised, ``(R - R_random) / (R_oracle - R_random)``; a curve point is the mean over tasks with
-a 95 % normal confidence interval. A task's *score* is the mean of its windows (the area under
+Scoring (``baselines`` module doc for the reference returns, ``live`` for live suites): per task,
+the returns of the episodes that end inside each window of ``suite.window`` interaction steps are
+averaged and normalised, ``(R - R_random) / (R_oracle - R_random)``; a curve point is the mean
+over tasks with a 95 % normal confidence interval. A task's *score* is the mean of its windows (the area under
 its learning curve over the whole budget). Outputs under ``--out``: ``curves.csv``,
 ``summary.csv`` and one PNG per suite and mode; a summary table is printed.
 """
@@ -296,6 +297,8 @@ def run(checkpoint: Optional[str], suites: Sequence[str], *, modes: Sequence[str
         for agent in agents_of[suite.name]:
             if agent not in known:
                 raise EvalError(f"agent {agent!r} does not play suite {suite.name} (it plays {', '.join(known)})")
+        if suite.live and not set(modes) & set(LIVE_MODES):
+            raise EvalError(f"suite {suite.name} is live and plays {', '.join(LIVE_MODES)} only, not --modes {','.join(modes)}")
     model = None
     if any("model" in a for a in agents_of.values()):
         if checkpoint is None:
@@ -321,8 +324,6 @@ def run(checkpoint: Optional[str], suites: Sequence[str], *, modes: Sequence[str
             raise EvalError(f"--steps {n_steps} is shorter than one window of {win} steps")
         log(f"suite {suite.name}: {', '.join(groups)}; {n_steps} steps, windows of {win}")
         suite_modes = [m for m in modes if m in LIVE_MODES] if suite.live else list(modes)
-        if not suite_modes:
-            raise EvalError(f"suite {suite.name} is live and plays {', '.join(LIVE_MODES)} only, not --modes {','.join(modes)}")
         if len(suite_modes) < len(modes):
             log(f"skipping mode(s) {', '.join(m for m in modes if m not in suite_modes)} of {suite.name}: "
                 f"a live suite plays {', '.join(LIVE_MODES)} only")
