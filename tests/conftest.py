@@ -26,6 +26,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 from omnirl_jax.data.schema import ROW_FIELDS, STEP_FIELDS, TAG_ID, TAGS  # noqa: E402
 
@@ -112,6 +113,35 @@ def random_batch(rng: np.random.Generator, *, batch_size: int, segment_len: int,
     batch["offset"] = np.full(batch_size, offset, np.int64)
     batch["reset"] = np.full(batch_size, offset == 0, np.bool_)
     return batch
+
+
+def tiny_checkpoint(path: Path, n_states: int = 16, n_actions: int = 5) -> Path:
+    """A training workdir at ``path`` holding one freshly initialised checkpoint (step 1) of a
+    tiny model, as ``omnirl-train`` writes it: what ``omnirl-eval`` and the agent load."""
+    import jax
+    import yaml
+
+    from omnirl_jax import sharding
+    from omnirl_jax.checkpoint import Checkpointer
+    from omnirl_jax.config import CheckpointConfig, Config, DataConfig, MeshConfig, ModelConfig, TrainConfig
+    from omnirl_jax.train import Setup
+    from omnirl_jax.typed_config import to_dict
+
+    cfg = Config(model=ModelConfig(d_model=16, n_layers=1, n_heads=2, remat=False),
+                 data=DataConfig(n_states=n_states, n_actions=n_actions), mesh=MeshConfig(data=1, model=1),
+                 checkpoint=CheckpointConfig(async_save=False), train=TrainConfig(batch_size=1))
+    setup = Setup.create(cfg, sharding.make_mesh(cfg.mesh, jax.devices()[:1]))
+    checkpointer = Checkpointer(path / "checkpoints", cfg.checkpoint)
+    checkpointer.save(1, setup.init_state(), {"index": 0})
+    checkpointer.close()
+    (path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(tmp_path_factory):
+    """One ``tiny_checkpoint`` shared by every test that only reads it."""
+    return tiny_checkpoint(tmp_path_factory.mktemp("tiny-run"))
 
 
 def processes_with(token: str) -> list[int]:

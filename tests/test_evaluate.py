@@ -3,19 +3,13 @@ run that writes the CSV and PNG reports."""
 
 import csv
 
-import jax
 import numpy as np
 import pytest
 import yaml
 
-from omnirl_jax import sharding
 from omnirl_jax.eval.baselines import normalise
-from omnirl_jax.checkpoint import Checkpointer
-from omnirl_jax.config import CheckpointConfig, Config, DataConfig, MeshConfig, ModelConfig, TrainConfig
 from omnirl_jax.eval.cli import main
 from omnirl_jax.eval.evaluate import run, window_returns
-from omnirl_jax.train import Setup
-from omnirl_jax.typed_config import to_dict
 
 
 def test_window_returns_average_complete_episodes():
@@ -32,19 +26,10 @@ def test_normalise_maps_random_to_zero_and_oracle_to_one():
     assert np.all(np.isnan(out[2]))  # no gap between oracle and random: not normalisable
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+@pytest.fixture
+def workdir(tiny_workdir):
     """A training workdir holding one freshly initialised checkpoint of a tiny model."""
-    path = tmp_path_factory.mktemp("run")
-    cfg = Config(model=ModelConfig(d_model=16, n_layers=1, n_heads=2, remat=False),
-                 data=DataConfig(n_states=16, n_actions=5), mesh=MeshConfig(data=1, model=1),
-                 checkpoint=CheckpointConfig(async_save=False), train=TrainConfig(batch_size=1))
-    setup = Setup.create(cfg, sharding.make_mesh(cfg.mesh, jax.devices()[:1]))
-    checkpointer = Checkpointer(path / "checkpoints", cfg.checkpoint)
-    checkpointer.save(1, setup.init_state(), {"index": 0})
-    checkpointer.close()
-    (path / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return path
+    return tiny_workdir
 
 
 def _one_line_error(capsys, argv, match):

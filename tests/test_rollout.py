@@ -1,18 +1,22 @@
 """Rollouts: schema of behaviour records, table baselines against exact returns, and the model
-stepped with its recurrent state against one pass over the records it produced."""
+stepped with its recurrent state against one pass over the records it produced (and the
+``InContextAgent`` against the rollout)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from gymnasium import spaces
 
 from anymdp_gym import sample_task
 from anymdp_gym.jax import dynamics as env_jax
+from omnirl_jax.agent import InContextAgent
 from omnirl_jax.eval.baselines import oracle_table, reference_returns, table_baseline
 from omnirl_jax.config import ModelConfig
 from omnirl_jax.data.schema import TAG_ID
 from omnirl_jax.eval.evaluate import window_returns
+from omnirl_jax.eval.restore import LoadedModel
 from omnirl_jax.model import OmniRL
 from omnirl_jax.eval.rollout import PROMPT, ModelRunner, behaviour_records
 
@@ -74,6 +78,20 @@ def _records_of(traj, i: int, tag: int) -> dict:
             "reward": reward.astype(np.float32)}
 
 
+def _agent_replays(runner, traj, carry):
+    """Fed what the rollout's env produced, the greedy ``InContextAgent`` takes the rollout's
+    action at every step (terminal records included) and ends with the rollout's carry."""
+    model = LoadedModel(runner, N_STATES, N_ACTIONS, step=0, config=None)
+    agent = InContextAgent(model, spaces.Discrete(N_STATES), spaces.Discrete(N_ACTIONS), num_envs=2, temperature=0.0)
+    for t in range(traj.obs.shape[1]):
+        np.testing.assert_array_equal(agent.act(traj.obs[:, t]), traj.action[:, t], err_msg=f"step {t}")
+        agent.observe(traj.reward[:, t], traj.next_obs[:, t], traj.terminated[:, t], traj.truncated[:, t])
+    rows = ~traj.terminated[:, -1]  # the rollout reads a last terminal record with its next step, the agent at once
+    assert rows.any()
+    for mine, ref in zip(jax.tree.leaves(agent.carry), jax.tree.leaves(carry)):
+        np.testing.assert_allclose(np.asarray(mine)[rows], np.asarray(ref)[rows], rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("temperature, options", [(0.0, {}), (1.0, {}),
                                                   (1.0, {"fused_step": True, "reward_pair": True, "pair_embed": True})])
 def test_model_stepping_equals_one_pass(tasks, temperature, options):
@@ -86,8 +104,9 @@ def test_model_stepping_equals_one_pass(tasks, temperature, options):
     traj, carry = runner.rollout(runner.init_carry(2), env_params, jax.random.key(2), n_steps=200, tag=tag,
                                  temperature=temperature)
     traj = jax.device_get(traj)
-    if temperature > 0:
-        assert traj.terminated.any()  # terminal records are exercised
+    assert traj.terminated.any()  # terminal records are exercised
+    if temperature == 0.0:
+        _agent_replays(runner, traj, carry)
     one_pass_fn = jax.jit(lambda batch: nnx.merge(graphdef, params)(batch, runner.init_carry(1)))
     for i in range(2):
         batch = {k: jnp.asarray(v)[None] for k, v in _records_of(traj, i, tag).items()}

@@ -27,7 +27,8 @@ Decisions where the issue is silent:
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import functools
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
 import numpy as np
@@ -43,10 +44,10 @@ from anymdp_gym.solvers import (
 from anymdp_gym.task import Task
 from anymdp_gym.jax import dynamics as env_jax
 from omnirl_jax.eval.rollout import Records, Trajectory, table_rollout
-from omnirl_jax.eval.suites import SOLVERS
 
 ORACLE_GAMMA = 0.994
 MIN_GAP = 1e-6
+SOLVERS = ("q_learning", "model_based", "epsilon_greedy", "ucb1", "thompson")
 
 
 def expected_return(task: Task, policy: np.ndarray) -> float:
@@ -96,19 +97,24 @@ def table_baseline(name: str, tasks: Sequence[Task], env_params: env_jax.EnvPara
     return table_rollout(env_params, greedy, eps, key, n_steps=n_steps)
 
 
-def make_solver(name: str, task: Task, n_obs: int, n_steps: int, seed: int):
-    """A fresh learner for ``task`` with the fixed hyper-parameters of the module doc."""
+def make_solver(name: str, n_obs: int, n_actions: int, n_steps: int, seed: int):
+    """A fresh learner for a task of ``n_actions`` with the fixed hyper-parameters of the module doc."""
     halflife = max(n_steps / 8.0, 1.0)
     if name == "q_learning":
-        return QLearningSolver(n_obs, task.n_actions, alpha=0.1, gamma=0.99, noise=1.0,
+        return QLearningSolver(n_obs, n_actions, alpha=0.1, gamma=0.99, noise=1.0,
                                noise_halflife=halflife, seed=seed)
     if name == "model_based":
-        return ModelBasedSolver(n_obs, task.n_actions, gamma=0.99, c=0.005, sweeps=20, noise=0.5,
+        return ModelBasedSolver(n_obs, n_actions, gamma=0.99, c=0.005, sweeps=20, noise=0.5,
                                 noise_halflife=halflife, seed=seed)
     bandit = {"epsilon_greedy": EpsilonGreedySolver, "ucb1": UCB1Solver, "thompson": ThompsonSolver}
     if name in bandit:
-        return bandit[name](n_obs, task.n_actions, seed=seed)
+        return bandit[name](n_obs, n_actions, seed=seed)
     raise ValueError(f"unknown solver baseline {name!r}")
+
+
+def solver_seed(seed: int, task: int) -> int:
+    """Seed of the learner on task ``task`` of a group."""
+    return seed * 1_000_003 + task
 
 
 @jax.jit
@@ -122,7 +128,7 @@ def _step_all(env_params, env, actions, key, t):
 def solver_baseline(name: str, tasks: Sequence[Task], env_params: env_jax.EnvParams, n_obs: int, key,
                     n_steps: int, seed: int, context: Optional[Records] = None) -> Trajectory:
     """``n_steps`` interaction steps of a learner per task, after learning from ``context``."""
-    solvers = [make_solver(name, task, n_obs, n_steps, seed * 1_000_003 + i) for i, task in enumerate(tasks)]
+    solvers = [make_solver(name, n_obs, task.n_actions, n_steps, solver_seed(seed, i)) for i, task in enumerate(tasks)]
     if context is not None:
         feed_context(solvers, context)
     k_reset, k_steps = jax.random.split(key)
@@ -140,6 +146,39 @@ def solver_baseline(name: str, tasks: Sequence[Task], env_params: env_jax.EnvPar
             field[:, t] = value
         obs = reset_obs
     return out
+
+
+class TablePlay(NamedTuple):
+    """What a baseline needs to play a group of table tasks: the tasks (and their ``env_jax``
+    arrays), the vocabulary, its key, the budget, the seed of its learners, and the context of
+    the offline and imitation modes (None online)."""
+
+    tasks: Sequence[Task]
+    env_params: env_jax.EnvParams
+    n_obs: int
+    key: jax.Array
+    n_steps: int
+    seed: int
+    context: Optional[Records] = None
+
+
+def _table(name: str, game: TablePlay) -> Trajectory:
+    return table_baseline(name, game.tasks, game.env_params, game.n_obs, game.key, game.n_steps)
+
+
+def _solver(name: str, game: TablePlay) -> Trajectory:
+    return solver_baseline(name, game.tasks, game.env_params, game.n_obs, game.key, game.n_steps, seed=game.seed,
+                           context=game.context)
+
+
+TABLE_BASELINES: dict[str, Callable[[TablePlay], Trajectory]] = {
+    **{name: functools.partial(_table, name) for name in ("random", "oracle")},
+    **{name: functools.partial(_solver, name) for name in SOLVERS},
+}
+"""Baseline name -> runner on a group of table tasks. A new baseline (PPO on the tasks' JAX
+env, say) is one more entry: a function of a ``TablePlay`` returning its ``Trajectory``."""
+CONTEXT_FREE = ("random", "oracle")
+"""Baselines that ignore any context: played once per group, scored in every mode."""
 
 
 def feed_context(solvers: Sequence, context: Records) -> None:

@@ -11,7 +11,7 @@ import sys
 from typing import Optional, Sequence
 
 from omnirl_jax.cli import HelpFormatter
-from omnirl_jax.eval.suites import AGENTS, MODES, SUITES
+from omnirl_jax.eval.suites import MODES, SUITES
 
 DESCRIPTION = ("in-context RL of a trained OmniRL checkpoint on held-out task suites, against each suite's "
                "baselines, in three modes: online (from an empty context), offline (after a noisy policy's "
@@ -30,7 +30,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "or a directory of exported parameters (omnirl_jax.export)")
     parser.add_argument("--suite", required=True, type=_csv_list, help="comma-separated suites, of " + ", ".join(SUITES))
     parser.add_argument("--modes", type=_csv_list, default=",".join(MODES), help="comma-separated, of " + ",".join(MODES))
-    parser.add_argument("--agents", type=_csv_list, help=f"comma-separated, of {','.join(AGENTS)} "
+    baselines = dict.fromkeys(b for suite in SUITES.values() for b in suite.baselines)
+    parser.add_argument("--agents", type=_csv_list, help=f"comma-separated, of model,{','.join(baselines)} "
                         "(default: the model and the suite's own baselines)")
     parser.add_argument("--out", default="eval", help="directory for CSV and PNG files")
     parser.add_argument("--tasks", type=int, help="tasks per group (default: the suite's)")

@@ -12,12 +12,16 @@ Modes (spec section 4), all acting with prompt ``opt3``, the model's own steps t
 
 After a context the model (and each learning baseline, which first ``update``s on the context's
 transitions) starts a fresh episode. Actions are sampled from the policy head's softmax at
-``--temperature`` (1: the distribution the model was trained to output; 0: greedy).
+``--temperature`` (1: the distribution the model was trained to output; 0: greedy). Live suites
+(``mountaincar``, ``pendulum``: Gymnasium envs with no table, ``live`` module doc) play online
+only, the model through ``omnirl_jax.agent.InContextAgent`` and each baseline of
+``live.LIVE_BASELINES`` through the envs' own ``step``; the other suites run on tables
+(``rollout``, ``baselines.TABLE_BASELINES``).
 
-Scoring (``baselines`` module doc for the reference returns): per task, the returns of the
-episodes that end inside each window of ``suite.window`` interaction steps are averaged and
-normalised, ``(R - R_random) / (R_oracle - R_random)``; a curve point is the mean over tasks with
-a 95 % normal confidence interval. A task's *score* is the mean of its windows (the area under
+Scoring (``baselines`` module doc for the reference returns, ``live`` for live suites): per task,
+the returns of the episodes that end inside each window of ``suite.window`` interaction steps are
+averaged and normalised, ``(R - R_random) / (R_oracle - R_random)``; a curve point is the mean
+over tasks with a 95 % normal confidence interval. A task's *score* is the mean of its windows (the area under
 its learning curve over the whole budget). Outputs under ``--out``: ``curves.csv``,
 ``summary.csv`` and one PNG per suite and mode; a summary table is printed.
 """
@@ -29,107 +33,26 @@ import dataclasses
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
-from flax import nnx
+from gymnasium import spaces
 
 from anymdp_gym.jax import dynamics as env_jax
-from omnirl_jax import pretrained, sharding
-from omnirl_jax.eval.baselines import normalise, oracle_table, reference_returns, solver_baseline, table_baseline
-from omnirl_jax.checkpoint import CheckpointError, Checkpointer
-from omnirl_jax.config import Config, MeshConfig, load_config
+from omnirl_jax.agent import InContextAgent
 from omnirl_jax.data.schema import TAG_ID
-from omnirl_jax.eval.rollout import ModelRunner, behaviour_records
-from omnirl_jax.eval.suites import AGENTS, MODES, SOLVERS, Suite, get_suite
-from omnirl_jax.train import Setup, build_model
-from omnirl_jax.typed_config import ConfigError
+from omnirl_jax.eval import live
+from omnirl_jax.eval.baselines import (CONTEXT_FREE, TABLE_BASELINES, TablePlay, normalise, oracle_table,
+                                       reference_returns)
+from omnirl_jax.eval.restore import EvalError, LoadedModel, load_model
+from omnirl_jax.eval.rollout import behaviour_records
+from omnirl_jax.eval.suites import EVAL_SEED, LIVE_MODES, MODES, Suite, get_suite
 from omnirl_jax.workdir import writable_dir
 
+AGENTS = ("model",) + tuple(dict.fromkeys((*TABLE_BASELINES, *live.LIVE_BASELINES)))
 OFFLINE_EPS = 0.5
 OFFLINE_GAMMA = 0.5
-
-
-class EvalError(RuntimeError):
-    """Evaluation cannot run; the message is one line for the user."""
-
-
-# --------------------------------------------------------------------------- model loading
-@dataclasses.dataclass
-class LoadedModel:
-    runner: ModelRunner
-    n_states: int
-    n_actions: int
-    step: int
-    config: Config
-
-
-def load_model(workdir: str | Path, step: Optional[int] = None, warn: Callable[[str], None] = print) -> LoadedModel:
-    """Restores the parameters of a training run (``omnirl-train --workdir``) and its config;
-    without ``step``, of its newest intact checkpoint (a corrupt newer one is named to ``warn``).
-    ``workdir`` may also be an exported model (``omnirl_jax.pretrained``).
-
-    Why through ``train.Setup``/``checkpoint.Checkpointer``: the restore target is exactly what the
-    trainer saves, so a checkpoint that does not match its ``config.yaml`` fails here with the
-    checkpointer's one-line ``CheckpointError``. The model is rebuilt for stepping on one device
-    (``make_runner``).
-    """
-    workdir = Path(workdir)
-    if not workdir.is_dir():
-        raise EvalError(f"checkpoint directory {workdir} does not exist")
-    if pretrained.is_export(workdir):
-        return _load_export(workdir, step)
-    if not (workdir / "config.yaml").is_file():
-        raise EvalError(f"{workdir} holds no config.yaml: pass the --workdir of an omnirl-train run")
-    ckpt_dir = workdir / "checkpoints"
-    if not ckpt_dir.is_dir() or not any(p.name.isdigit() for p in ckpt_dir.iterdir()):
-        raise EvalError(f"no checkpoint in {ckpt_dir}")
-    try:
-        cfg = load_config(str(workdir / "config.yaml"))
-    except ConfigError as e:
-        raise EvalError(f"{workdir / 'config.yaml'}: {e}") from None
-    cfg.mesh = MeshConfig(data=1, model=1)
-    cfg.checkpoint.restore_step = step
-    cfg.checkpoint.async_save = False
-    mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
-    try:
-        setup = Setup.create(cfg, mesh)
-        checkpointer = Checkpointer(ckpt_dir, cfg.checkpoint)
-        try:
-            restored = checkpointer.restore(setup.abstract_state, warn=warn)
-        finally:
-            checkpointer.close()
-    except (CheckpointError, ConfigError) as e:
-        raise EvalError(str(e)) from None
-    if restored is None:
-        raise EvalError(f"no checkpoint in {ckpt_dir}")
-    state, _, restored_step = restored
-    return LoadedModel(make_runner(cfg, state.params), cfg.data.n_states, cfg.data.n_actions, int(restored_step), cfg)
-
-
-def _load_export(path: Path, step: Optional[int]) -> LoadedModel:
-    """An exported model (``omnirl_jax.pretrained``)."""
-    try:
-        cfg = load_config(str(path / "config.yaml"))
-        abstract = nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0)))
-        params, info = pretrained.load(path, nnx.split(abstract, nnx.Param)[1])
-    except ConfigError as e:
-        raise EvalError(f"{path / 'config.yaml'}: {e}") from None
-    except pretrained.ExportError as e:
-        raise EvalError(str(e)) from None
-    if step is not None and step != info["step"]:
-        raise EvalError(f"{path} holds the parameters of step {info['step']} only, not step {step}")
-    return LoadedModel(make_runner(cfg, params), cfg.data.n_states, cfg.data.n_actions, int(info["step"]), cfg)
-
-
-def make_runner(cfg: Config, params) -> ModelRunner:
-    """A ``ModelRunner`` of the model of ``cfg`` with ``params``, rebuilt for stepping: no remat,
-    and a GLA chunk of one step's tokens (a one-step call then pads nothing; chunking changes no
-    parameter or result)."""
-    eval_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, chunk_size=cfg.model.tokens_per_step, remat=False))
-    graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(eval_cfg, nnx.Rngs(0))), nnx.Param)
-    return ModelRunner(graphdef, params, cfg.data.n_actions)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -212,17 +135,11 @@ def evaluate_group(model: Optional[LoadedModel], suite: Suite, group: str, modes
     refs = np.array([reference_returns(t) for t in tasks])
     key = jax.random.key(seed)
     results = []
-
-    def record(mode: str, agent: str, traj, seconds: float) -> None:
-        curves = normalise(window_returns(traj.reward, traj.done, window), refs[:, 0], refs[:, 1])
-        results.append(Result(suite.name, group, mode, agent, window, curves))
-        mean, half, n = mean_ci(results[-1].scores)
-        log(f"  {group:16s} {mode:9s} {agent:12s} score {mean:+.3f} ± {half:.3f} ({n} tasks, {seconds:.1f} s)")
-
     k_table, k_modes = jax.random.split(key)
     tables = {}
-    for i, agent in enumerate(a for a in agents if a in ("random", "oracle")):
-        tables[agent] = table_baseline(agent, tasks, env_params, n_obs, jax.random.fold_in(k_table, i), steps)
+    for i, agent in enumerate(a for a in agents if a in CONTEXT_FREE):
+        game = TablePlay(tasks, env_params, n_obs, jax.random.fold_in(k_table, i), steps, seed)
+        tables[agent] = TABLE_BASELINES[agent](game)
     for m, mode in enumerate(modes):
         k_ctx, k_model, k_solver = jax.random.split(jax.random.fold_in(k_modes, m), 3)
         context = _context(mode, tasks, env_params, n_obs, context_steps, k_ctx)
@@ -235,13 +152,52 @@ def evaluate_group(model: Optional[LoadedModel], suite: Suite, group: str, modes
                     carry = runner.prefill(carry, context)
                 traj, _ = runner.rollout(carry, env_params, k_model, n_steps=steps, tag=TAG_ID["unk"],
                                          temperature=temperature)
-            elif agent in SOLVERS:
-                traj = solver_baseline(agent, tasks, env_params, n_obs, jax.random.fold_in(k_solver, AGENTS.index(agent)),
-                                       steps, seed=seed, context=context)
+            elif agent in tables:
+                traj = tables[agent]
             else:
-                traj = tables[agent]  # table policies ignore any context
-            record(mode, agent, jax.device_get(traj), time.perf_counter() - start)
+                game = TablePlay(tasks, env_params, n_obs, jax.random.fold_in(k_solver, AGENTS.index(agent)), steps, seed,
+                                 context)
+                traj = TABLE_BASELINES[agent](game)
+            traj = jax.device_get(traj)
+            results.append(_scored(suite, group, mode, agent, window, traj.reward, traj.done, refs, log,
+                                   time.perf_counter() - start))
     return results
+
+
+def evaluate_live_group(model: Optional[LoadedModel], suite: Suite, group: str, agents: Sequence[str], *, n_obs: int,
+                        n_tasks: Optional[int], steps: int, window: int, seed: int, temperature: float,
+                        log=print) -> list[Result]:
+    """Every agent, online, on one group of a live suite (``live`` module doc)."""
+    instances = suite.instances(group, n_obs, n_tasks)
+    task = instances[0].task
+    start = time.perf_counter()
+    r_random, r_oracle = live.reference_returns(task, seed=EVAL_SEED)
+    log(f"  {group:16s} reference returns: random {r_random:.2f}, oracle {r_oracle:.2f} "
+        f"({live.REFERENCE_EPISODES} episodes each, {time.perf_counter() - start:.1f} s)")
+    refs = np.tile([r_random, r_oracle], (len(instances), 1))
+    results = []
+    for agent in agents:
+        start = time.perf_counter()
+        game = live.LivePlay(instances, n_obs, steps, seed, label=f"{group} {agent}")
+        if agent == "model":
+            observations, actions = spaces.Discrete(n_obs), spaces.Discrete(task.size[1])
+            reward, done = live.play(lambda envs: InContextAgent(model, observations, actions, num_envs=len(envs),
+                                                                 temperature=temperature, seed=seed), game)
+        else:
+            reward, done = live.LIVE_BASELINES[agent](game)
+        results.append(_scored(suite, group, "online", agent, window, reward, done, refs, log,
+                               time.perf_counter() - start))
+    return results
+
+
+def _scored(suite: Suite, group: str, mode: str, agent: str, window: int, reward, done, refs: np.ndarray, log,
+            seconds: float) -> Result:
+    """The normalised window returns of one agent's play, logged as one line."""
+    curves = normalise(window_returns(reward, done, window), refs[:, 0], refs[:, 1])
+    result = Result(suite.name, group, mode, agent, window, curves)
+    mean, half, n = mean_ci(result.scores)
+    log(f"  {group:16s} {mode:9s} {agent:12s} score {mean:+.3f} ± {half:.3f} ({n} tasks, {seconds:.1f} s)")
+    return result
 
 
 # --------------------------------------------------------------------------- reporting
@@ -333,6 +289,13 @@ def run(checkpoint: Optional[str], suites: Sequence[str], *, modes: Sequence[str
         raise EvalError(f"--out {out}: {problem}")
     model_first = ("model",) if checkpoint is not None else ()
     agents_of = {suite.name: tuple(agents) if agents is not None else model_first + suite.baselines for suite in suite_defs}
+    for suite in suite_defs:
+        known = ("model",) + tuple(live.LIVE_BASELINES if suite.live else TABLE_BASELINES)
+        for agent in agents_of[suite.name]:
+            if agent not in known:
+                raise EvalError(f"agent {agent!r} does not play suite {suite.name} (it plays {', '.join(known)})")
+        if suite.live and not set(modes) & set(LIVE_MODES):
+            raise EvalError(f"suite {suite.name} is live and plays {', '.join(LIVE_MODES)} only, not --modes {','.join(modes)}")
     model = None
     if any("model" in a for a in agents_of.values()):
         if checkpoint is None:
@@ -357,9 +320,18 @@ def run(checkpoint: Optional[str], suites: Sequence[str], *, modes: Sequence[str
         if n_steps < win:
             raise EvalError(f"--steps {n_steps} is shorter than one window of {win} steps")
         log(f"suite {suite.name}: {', '.join(groups)}; {n_steps} steps, windows of {win}")
+        suite_modes = [m for m in modes if m in LIVE_MODES] if suite.live else list(modes)
+        if len(suite_modes) < len(modes):
+            log(f"skipping mode(s) {', '.join(m for m in modes if m not in suite_modes)} of {suite.name}: "
+                f"a live suite plays {', '.join(LIVE_MODES)} only")
         for group in groups:
             n_obs = model.n_states if model else suite.group_size(group)[0]
             n_act = model.n_actions if model else suite.group_size(group)[1]
+            if suite.live:
+                results += evaluate_live_group(model, suite, group, agents_of[suite.name], n_obs=n_obs,
+                                               n_tasks=n_tasks, steps=n_steps, window=win, seed=seed,
+                                               temperature=temperature, log=log)
+                continue
             results += evaluate_group(model, suite, group, modes, agents_of[suite.name], n_obs=n_obs, n_actions=n_act,
                                       n_tasks=n_tasks, steps=n_steps, window=win,
                                       context_steps=context_steps or suite.context_steps, seed=seed,

@@ -26,7 +26,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from omnirl_jax.config import Config
-from omnirl_jax.eval.evaluate import LoadedModel, evaluate_group, make_runner, mean_ci, plot, write_csv
+from omnirl_jax.eval.evaluate import evaluate_group, mean_ci, plot, write_csv
+from omnirl_jax.eval.restore import LoadedModel, make_runner
 from omnirl_jax.eval.suites import get_suite
 from omnirl_jax.typed_config import ConfigError
 

@@ -17,6 +17,8 @@ the online loop:
    advance the carry.
 
 So one step costs three model calls at most, and memory does not grow with the number of steps.
+``ModelRunner.act`` makes the same calls for an agent driven from outside (``omnirl_jax.agent``),
+in the order its steps arrive: the last step's record and terminal record, then the next action.
 Table policies with epsilon noise (the random and oracle baselines, the behaviour policies of the
 offline and imitation contexts) run through ``table_rollout`` and ``behaviour_records``.
 """
@@ -97,6 +99,8 @@ class ModelRunner:
         self.graphdef, self.params, self.n_actions = graphdef, params, n_actions
         self._prefill = jax.jit(self._prefill_impl)
         self._rollout = jax.jit(self._rollout_impl, static_argnames=("n_steps", "temperature"))
+        self._act = jax.jit(self._act_impl, static_argnames=("temperature",))
+        self._absorb = jax.jit(self._absorb_impl)
 
     def _apply(self, params, batch, carry):
         return nnx.merge(self.graphdef, params)(batch, carry)
@@ -118,37 +122,94 @@ class ModelRunner:
         return self._rollout(self.params, carry, env_params, key, jnp.int32(tag), n_steps=n_steps,
                              temperature=float(temperature))
 
+    def act(self, carry, previous: "PendingStep", obs, key, tag, action_mask, *, temperature: float):
+        """One step of an agent driven from outside (``omnirl_jax.agent``), as one jitted call:
+        ``previous`` (the last step's record, and its terminal record where it terminated) is
+        read into ``carry``, then an action for ``obs [B]`` is drawn. Returns ``(action [B],
+        carry)``; the carry has read ``previous``, not yet this step."""
+        return self._act(self.params, carry, previous, obs, key, tag, action_mask, temperature=float(temperature))
+
+    def absorb(self, carry, previous: "PendingStep", tag):
+        """``carry`` after reading ``previous`` (as ``act`` does first), with no new action."""
+        return self._absorb(self.params, carry, previous, tag)
+
+    @staticmethod
+    def _record(obs, action, reward, tags) -> dict:
+        """A one-step batch of the model's fields for ``[B]`` arrays."""
+        return {"prompt": jnp.full_like(tags, PROMPT), "obs": obs[:, None], "tag": tags,
+                "action": action[:, None], "reward": reward[:, None]}
+
+    def _feed(self, params, carry, batch, rows):
+        """``carry`` advanced by ``batch`` in the rows where ``rows [B]`` is true (skipped when none is)."""
+
+        def advance(carry):
+            _, advanced = self._apply(params, batch, carry)
+            mask = lambda x: rows.reshape((-1,) + (1,) * (x.ndim - 1))
+            return jax.tree.map(lambda new, old: jnp.where(mask(new), new, old), advanced, carry)
+
+        return jax.lax.cond(jnp.any(rows), advance, lambda c: c, carry)
+
+    def _policy_logits(self, params, carry, obs, tags):
+        """``[B, A]`` logits for observations ``obs [B]`` (placeholders for action and reward,
+        which the policy head cannot see); the carry of this call is discarded."""
+        null = jnp.full_like(obs, self.n_actions)
+        outputs, _ = self._apply(params, self._record(obs, null, jnp.zeros(obs.shape, jnp.float32), tags), carry)
+        return outputs["policy_logits"][:, 0]
+
+    def _absorb_impl(self, params, carry, previous, tag):
+        tags = jnp.full((previous.obs.shape[0], 1), tag, jnp.int32)
+        carry = self._feed(params, carry, self._record(previous.obs, previous.action, previous.reward, tags),
+                           previous.valid)
+        null = jnp.full_like(previous.obs, self.n_actions)
+        terminal = self._record(previous.next_obs, null, jnp.zeros(previous.obs.shape, jnp.float32), tags)
+        return self._feed(params, carry, terminal, previous.valid & previous.terminated)
+
+    def _act_impl(self, params, carry, previous, obs, key, tag, action_mask, *, temperature):
+        carry = self._absorb_impl(params, carry, previous, tag)
+        tags = jnp.full((obs.shape[0], 1), tag, jnp.int32)
+        action = sample_action(key, self._policy_logits(params, carry, obs, tags), action_mask, temperature)
+        return action, carry
+
     def _rollout_impl(self, params, carry, env_params, key, tag, *, n_steps, temperature):
         batch_size = env_params.max_steps_in_episode.shape[0]
         key, k_reset = jax.random.split(key)
         env = env_jax.reset_batch(env_params, jax.random.split(k_reset, batch_size))
-        null = jnp.full((batch_size, 1), self.n_actions, jnp.int32)
+        null = jnp.full((batch_size,), self.n_actions, jnp.int32)
         tags = jnp.full((batch_size, 1), tag, jnp.int32)
-        prompts = jnp.full((batch_size, 1), PROMPT, jnp.int32)
-        zeros = jnp.zeros((batch_size, 1), jnp.float32)
-
-        def one_step(obs, action, reward):
-            return {"prompt": prompts, "obs": obs[:, None], "tag": tags, "action": action, "reward": reward}
-
-        def feed_terminal(carry, pending, terminal_obs):
-            _, advanced = self._apply(params, one_step(terminal_obs, null, zeros), carry)
-            mask = lambda x: pending.reshape((-1,) + (1,) * (x.ndim - 1))
-            return jax.tree.map(lambda new, old: jnp.where(mask(new), new, old), advanced, carry)
+        zeros = jnp.zeros((batch_size,), jnp.float32)
 
         def body(state, key):
             carry, env, pending, terminal_obs = state
-            carry = jax.lax.cond(jnp.any(pending), feed_terminal, lambda c, *_: c, carry, pending, terminal_obs)
-            outputs, _ = self._apply(params, one_step(env.obs, null, zeros), carry)
+            carry = self._feed(params, carry, self._record(terminal_obs, null, zeros, tags), pending)
+            logits = self._policy_logits(params, carry, env.obs, tags)
             k_act, k_env = jax.random.split(key)
-            action = sample_action(k_act, outputs["policy_logits"][:, 0], env_params.action_mask, temperature)
+            action = sample_action(k_act, logits, env_params.action_mask, temperature)
             obs = env.obs
             env, out = env_jax.step_batch(env_params, env, action, jax.random.split(k_env, batch_size))
-            _, carry = self._apply(params, one_step(obs, action[:, None], out.reward[:, None]), carry)
+            _, carry = self._apply(params, self._record(obs, action, out.reward, tags), carry)
             return (carry, env, terminal_record(env_params, out), out.next_obs), Trajectory(obs, action, out.reward, out.next_obs, out.terminated, out.truncated)
 
         init = (carry, env, jnp.zeros(batch_size, bool), env.obs)
         (carry, *_), traj = jax.lax.scan(body, init, jax.random.split(key, n_steps))
         return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), traj), carry
+
+
+class PendingStep(NamedTuple):
+    """``[B]`` the step an agent took last, not yet read by the model (``valid`` false where
+    there is none: before the first action, after a new task)."""
+
+    obs: jax.Array
+    action: jax.Array
+    reward: jax.Array
+    next_obs: jax.Array
+    terminated: jax.Array
+    valid: jax.Array
+
+    @classmethod
+    def none(cls, batch: int) -> "PendingStep":
+        zeros = jnp.zeros((batch,), jnp.int32)
+        return cls(zeros, zeros, jnp.zeros((batch,), jnp.float32), zeros, jnp.zeros((batch,), bool),
+                   jnp.zeros((batch,), bool))
 
 
 def _table_action(params: env_jax.EnvParams, greedy, eps, greedy_tag, obs, key):
