@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from omnirl_jax import sharding
-from omnirl_jax.checkpoint import Checkpointer
+from omnirl_jax.checkpoint import CheckpointError, Checkpointer
 from omnirl_jax.config import Config, OptimConfig
 from omnirl_jax.interrupt import Interrupted, StopRequest
 from omnirl_jax.losses import compute_losses
@@ -153,11 +153,7 @@ class Setup:
 
     @classmethod
     def create(cls, cfg: Config, mesh: jax.sharding.Mesh) -> "Setup":
-        batch = cfg.train.batch_size
-        if batch % mesh.shape["data"]:
-            raise ConfigError(
-                f"config key 'train.batch_size': {batch} is not divisible by the data axis ({mesh.shape['data']})"
-            )
+        sharding.check_batch_size(cfg.train.batch_size, mesh)
         total_steps = cfg.train.steps
         optimizer = make_optimizer(cfg.optim, total_steps)
         abstract_model = nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0)))
@@ -254,7 +250,7 @@ def train(
                 say(f"starting fresh in {workdir} (no checkpoint in {checkpointer.directory})")
             else:
                 state, saved, start = restored
-                batches.restore(saved["processes"][jax.process_index()])
+                batches.restore(_loader_position(saved["processes"], checkpointer.directory / str(start)))
                 # Checkpoints from before the window was saved have none: theirs was lost then.
                 window = [{k: np.float32(v) for k, v in m.items()} for m in saved.get("log_window", [])]
                 say(f"resuming from step {start} of {checkpointer.directory}")
@@ -321,6 +317,18 @@ def _run(setup: Setup, state: TrainState, start: int, window: list[dict], batche
     finally:
         bar.close()
     return history
+
+
+def _loader_position(states: list[dict], where: Path) -> dict:
+    """The loader state to resume from, given every saving process's. A loader's state names the
+    global batch's position, never the process's rows (``omnirl_jax.data.loader``), so all are
+    equal and any number of processes may resume from them; processes that disagree would each
+    have trained on batches of different steps, a run no resume can continue."""
+    if any(state != states[0] for state in states):
+        first = next(i for i, state in enumerate(states) if state != states[0])
+        raise CheckpointError(f"checkpoint {where}: its {len(states)} processes saved different loader positions "
+                              f"(process 0: {states[0]}, process {first}: {states[first]}); resume from another step")
+    return states[0]
 
 
 def _gather_loader_states(state: dict) -> list[dict]:
