@@ -47,7 +47,9 @@ SHUTDOWN_TIMEOUT_S = 60
 """How long a process that ends waits at exit for the others to end too (jax.distributed's
 default is 300). Processes end within a step of each other (the last checkpoint is saved by all),
 so this bounds what a process stuck elsewhere costs: a process that stops on an error of its own
-ends the job at most this long after (its peers, waiting on it in a collective, then fail)."""
+ends the job this long after (its shutdown barrier times out and every process aborts). Measured
+with 2 CPU processes, one exiting while the other waits in an all-gather: both aborted 10.4 s
+later with a 10 s timeout."""
 
 
 def initialize_distributed(cfg: MeshConfig) -> None:

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from omnirl_jax import cli
+from omnirl_jax import cli, digest
 from omnirl_jax.checkpoint import CheckpointError
 from omnirl_jax.config import MeshConfig
 from omnirl_jax.sharding import make_mesh, process_rows
@@ -96,6 +96,7 @@ def test_two_processes_train_as_one_and_resume_on_two_or_one(tmp_path):
     two = tmp_path / "two"
     finish(launch(two, 1, "mesh.data=2", "train.steps=4"), two)
     assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["2", "4"]
+    assert digest.has_digest(two / "checkpoints/4") and digest.check_digest(two / "checkpoints/4") is None
     shutil.copytree(two, tmp_path / "then_one")
     finish(launch(two, 1, "mesh.data=2", "train.steps=6"), two)
     assert "resuming from step 4" in (tmp_path / "two.0.log").read_text()
