@@ -324,16 +324,17 @@ def _loader_position(states: list[dict], where: Path) -> dict:
     global batch's position, never the process's rows (``omnirl_jax.data.loader``), so all are
     equal and any number of processes may resume from them; processes that disagree would each
     have trained on batches of different steps, a run no resume can continue."""
-    if any(state != states[0] for state in states):
-        first = next(i for i, state in enumerate(states) if state != states[0])
+    differing = [i for i, state in enumerate(states) if state != states[0]]
+    if differing:
         raise CheckpointError(f"checkpoint {where}: its {len(states)} processes saved different loader positions "
-                              f"(process 0: {states[0]}, process {first}: {states[first]}); resume from another step")
+                              f"(process 0: {states[0]}, process {differing[0]}: {states[differing[0]]}); "
+                              "resume from another step")
     return states[0]
 
 
 def _gather_loader_states(state: dict) -> list[dict]:
-    """Every process's loader position, in process order (each host loads its own rows, and the
-    checkpoint's JSON is written by the primary host only)."""
+    """Every process's loader position, in process order (the checkpoint's JSON is written by the
+    primary host only): all equal, kept so that a resume can check it (``_loader_position``)."""
     if jax.process_count() == 1:
         return [state]
     encoded = np.frombuffer(json.dumps(state).encode(), np.uint8)
