@@ -146,10 +146,21 @@ class MeshConfig:
     """Data-parallel axis size; -1 takes all devices not used by ``model``."""
     model: int = 1
     distributed: bool = False
-    """Call jax.distributed.initialize() before building the mesh (multi-host)."""
+    """Run as one of several processes (one per host) through ``jax.distributed``; the mesh spans
+    them all (``omnirl_jax.sharding``)."""
     coordinator_address: Optional[str] = None
+    """``HOST:PORT`` of process 0, which every process reaches (``omnirl-train --coordinator``);
+    unset: ``JAX_COORDINATOR_ADDRESS`` or the cluster's (TPU pod, SLURM, Open MPI)."""
     num_processes: Optional[int] = None
+    """Processes in the job (``--num-processes``); unset: the cluster's."""
     process_id: Optional[int] = None
+    """This process's index, 0 to num_processes - 1 (``--process-id``); unset: the cluster's."""
+    heartbeat_timeout: int = 60
+    """Seconds without a heartbeat after which a process counts as dead and every other one
+    aborts, so a host that dies takes the job down instead of leaving it hung in a collective.
+    Why 60 rather than jax.distributed's 100: heartbeats come from a background thread that a long
+    compile does not stop (5 s outlived 30-55 s compiles in ``tests/test_multihost.py``), and a
+    dead host should not keep a pod idle for long."""
 
 
 @dataclasses.dataclass
@@ -222,6 +233,7 @@ def validate(cfg: Config) -> None:
         "train.segment_len": t.segment_len, "train.log_every": t.log_every,
         "optim.accumulate": o.accumulate, "checkpoint.every": cfg.checkpoint.every,
         "checkpoint.keep": cfg.checkpoint.keep, "mesh.model": cfg.mesh.model,
+        "mesh.heartbeat_timeout": cfg.mesh.heartbeat_timeout,
     }
     for key, value in positive.items():
         if value <= 0:

@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from omnirl_jax import sharding
-from omnirl_jax.checkpoint import Checkpointer
+from omnirl_jax.checkpoint import CheckpointError, Checkpointer
 from omnirl_jax.config import Config, OptimConfig
 from omnirl_jax.interrupt import Interrupted, StopRequest
 from omnirl_jax.losses import compute_losses
@@ -155,11 +155,7 @@ class Setup:
 
     @classmethod
     def create(cls, cfg: Config, mesh: jax.sharding.Mesh) -> "Setup":
-        batch = cfg.train.batch_size
-        if batch % mesh.shape["data"]:
-            raise ConfigError(
-                f"config key 'train.batch_size': {batch} is not divisible by the data axis ({mesh.shape['data']})"
-            )
+        sharding.check_batch_size(cfg.train.batch_size, mesh)
         total_steps = cfg.train.steps
         optimizer = make_optimizer(cfg.optim, total_steps)
         abstract_model = nnx.eval_shape(lambda: build_model(cfg, nnx.Rngs(0)))
@@ -257,7 +253,7 @@ def train(
                 say(f"starting fresh in {workdir} (no checkpoint in {checkpointer.directory})")
             else:
                 state, saved, start = restored
-                batches.restore(saved["processes"][jax.process_index()])
+                batches.restore(_loader_position(saved["processes"], checkpointer.directory / str(start)))
                 # Checkpoints from before the window was saved have none: theirs was lost then.
                 window = [{k: np.float32(v) for k, v in m.items()} for m in saved.get("log_window", [])]
                 say(f"resuming from step {start} of {checkpointer.directory}")
@@ -356,9 +352,22 @@ def _run(setup: Setup, state: TrainState, start: int, window: list[dict], batche
     return history
 
 
+def _loader_position(states: list[dict], where: Path) -> dict:
+    """The loader state to resume from, given every saving process's. A loader's state names the
+    global batch's position, never the process's rows (``omnirl_jax.data.loader``), so all are
+    equal and any number of processes may resume from them; processes that disagree would each
+    have trained on batches of different steps, a run no resume can continue."""
+    differing = [i for i, state in enumerate(states) if state != states[0]]
+    if differing:
+        raise CheckpointError(f"checkpoint {where}: its {len(states)} processes saved different loader positions "
+                              f"(process 0: {states[0]}, process {differing[0]}: {states[differing[0]]}); "
+                              "resume from another step")
+    return states[0]
+
+
 def _gather_loader_states(state: dict) -> list[dict]:
-    """Every process's loader position, in process order (each host loads its own rows, and the
-    checkpoint's JSON is written by the primary host only)."""
+    """Every process's loader position, in process order (the checkpoint's JSON is written by the
+    primary host only): all equal, kept so that a resume can check it (``_loader_position``)."""
     if jax.process_count() == 1:
         return [state]
     encoded = np.frombuffer(json.dumps(state).encode(), np.uint8)

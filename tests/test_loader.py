@@ -168,6 +168,21 @@ def test_background_workers_give_the_same_batches_as_in_process():
     assert_batches_equal(got, ref)
 
 
+def test_a_process_rows_are_those_rows_of_the_global_batch(shard_dir):
+    """The loaders of a multi-process run (here rows 0 and 1..2 of 3, the second with two workers)
+    yield the 1-process batch's rows and the same state(): the batch depends on (seed, n) only."""
+    for cfg, cfg_rest in ((shard_cfg(shard_dir), shard_cfg(shard_dir)), (gen_cfg(0), gen_cfg(2))):
+        full = take(make_loader(cfg, batch_size=BATCH, segment_len=SEGMENT, seed=3), PER_SEQ + 1)
+        with make_loader(cfg, batch_size=BATCH, segment_len=SEGMENT, seed=3, rows=slice(0, 1)) as first, \
+                make_loader(cfg_rest, batch_size=BATCH, segment_len=SEGMENT, seed=3, rows=slice(1, 3)) as rest:
+            joined = [{k: np.concatenate([a[k], b[k]]) for k in a} for a, b in zip(take(first, PER_SEQ + 1),
+                                                                                  take(rest, PER_SEQ + 1))]
+            assert first.state() == rest.state()
+        assert_batches_equal(joined, full)
+    with pytest.raises(ConfigError, match="rows 2..4 are not a contiguous part of the 3-row batch"):
+        make_loader(gen_cfg(0), batch_size=BATCH, segment_len=SEGMENT, seed=0, rows=slice(2, 4))
+
+
 def test_generate_loader_config_errors():
     with pytest.raises(ConfigError, match="unknown key 'telepathy'"):
         make_loader(gen_cfg(0, telepathy=1), batch_size=BATCH, segment_len=SEGMENT, seed=0)

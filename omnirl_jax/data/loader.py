@@ -3,14 +3,22 @@
 Design:
 
 * **Lockstep rows.** Batch ``n`` is segment ``p = n % P`` (``P = seq_len // segment_len``) of
-  the sequence group ``g = n // P``; row ``b`` of group ``g`` plays the ``g * batch + b``-th
-  sequence of the loader's stream. A row thus streams one sequence in order, segment after
-  segment, so the trainer carries its recurrent state, and takes the next sequence when it ends
-  (``reset`` True, ``offset`` 0). Every sequence has ``seq_len`` steps, so all rows switch
-  together (as the reference trainer does); ``seq_len`` must be a multiple of ``segment_len``.
+  the sequence group ``g = n // P``; row ``r`` of group ``g`` plays the ``g * batch_size + r``-th
+  sequence of the loader's stream (``batch_size``: the *global* batch). A row thus streams one
+  sequence in order, segment after segment, so the trainer carries its recurrent state, and
+  takes the next sequence when it ends (``reset`` True, ``offset`` 0). Every sequence has
+  ``seq_len`` steps, so all rows switch together (as the reference trainer does); ``seq_len``
+  must be a multiple of ``segment_len``.
 * **Position = one integer.** Everything above is a pure function of ``(seed, n)``, so
   ``state()`` is ``{"batch": n}`` plus what must match on ``restore`` (seed, sizes, data set),
   and a resumed run yields exactly the batches it would have.
+* **Rows per process.** A multi-process run gives each process's loader ``rows``, the slice of
+  the global batch that its devices hold (``omnirl_jax.sharding.process_rows``: contiguous, in
+  process order along the mesh's ``data`` axis, e.g. rows 0-15 on process 0 and 16-31 on process
+  1 of a 32-row batch over 2 hosts); it yields only those rows, each the same sequence that row
+  holds in a 1-process run. So the global batch depends on ``(seed, n)`` alone, never on the
+  process count, and ``state()``, which names no rows, is the same on every process: a run
+  resumes on any number of hosts.
 * **Shards** (``source: shards``): the stream visits all sequences of the manifest once per
   epoch in a seeded permutation (``default_rng([seed, epoch])``); rows read their segment from
   memory-mapped shard files, so memory is one batch whatever the data set size.
@@ -62,8 +70,10 @@ def _config_error(message: str) -> Exception:
     return ConfigError(message)
 
 
-def make_loader(data_cfg: Any, *, batch_size: int, segment_len: int, seed: int) -> "SegmentLoader":
-    """An iterator of schema batches ``[batch_size, segment_len]`` with ``state()``/``restore()``.
+def make_loader(data_cfg: Any, *, batch_size: int, segment_len: int, seed: int,
+                rows: Optional[slice] = None) -> "SegmentLoader":
+    """An iterator of schema batches ``[rows, segment_len]`` with ``state()``/``restore()``: rows
+    ``rows`` (default all) of the global batch of ``batch_size`` rows (module doc).
 
     ``data_cfg`` has ``source`` ("generate" | "shards"), ``path``, ``n_states``, ``n_actions``,
     ``seq_len``, ``workers`` and ``generator`` (extra ``GeneratorConfig`` fields). Raises the
@@ -72,13 +82,16 @@ def make_loader(data_cfg: Any, *, batch_size: int, segment_len: int, seed: int) 
     for name, value, low in (("batch_size", batch_size, 1), ("segment_len", segment_len, 1), ("seed", seed, 0)):
         if not isinstance(value, (int, np.integer)) or value < low:
             raise _config_error(f"loader {name} must be an integer >= {low}, got {value!r}")
+    rows = slice(0, batch_size) if rows is None else rows
+    if rows.step not in (None, 1) or not 0 <= rows.start < rows.stop <= batch_size:
+        raise _config_error(f"loader rows {rows.start}..{rows.stop} are not a contiguous part of the {batch_size}-row batch")
     if data_cfg.source not in ("generate", "shards"):
         raise _config_error(f"config key 'data.source': {data_cfg.source!r} is not one of ['generate', 'shards']")
     if data_cfg.seq_len % segment_len:
         raise _config_error(f"config key 'data.seq_len': {data_cfg.seq_len} is not a multiple of "
                             f"train.segment_len={segment_len} (rows stream whole sequences in lockstep)")
     cls = ShardLoader if data_cfg.source == "shards" else GenerateLoader
-    return cls(data_cfg, batch_size=batch_size, segment_len=segment_len, seed=seed)
+    return cls(data_cfg, batch_size=batch_size, segment_len=segment_len, seed=seed, rows=rows)
 
 
 class SegmentLoader:
@@ -86,8 +99,10 @@ class SegmentLoader:
 
     source = ""
 
-    def __init__(self, *, batch_size: int, segment_len: int, seq_len: int, seed: int, dataset: str):
+    def __init__(self, *, batch_size: int, segment_len: int, seq_len: int, seed: int, dataset: str, rows: slice):
         self.batch_size, self.segment_len, self.seq_len = int(batch_size), int(segment_len), int(seq_len)
+        self.rows = slice(int(rows.start), int(rows.stop))
+        """The global batch's rows this loader yields (``batch_size`` counts them all)."""
         self.seed = int(seed)
         self.dataset = dataset
         self.segments_per_sequence = self.seq_len // self.segment_len
@@ -119,11 +134,11 @@ class SegmentLoader:
     def __next__(self) -> dict:
         n = self.next_batch
         group, segment = divmod(n, self.segments_per_sequence)
-        shape = (self.batch_size, self.segment_len)
-        batch = {name: np.empty(shape, dtype) for name, dtype in STEP_FIELDS.items()}
+        n_rows = self.rows.stop - self.rows.start
+        batch = {name: np.empty((n_rows, self.segment_len), dtype) for name, dtype in STEP_FIELDS.items()}
         self._fill(batch, group, segment)
-        batch["offset"] = np.full(self.batch_size, segment * self.segment_len, ROW_FIELDS["offset"])
-        batch["reset"] = np.full(self.batch_size, segment == 0, ROW_FIELDS["reset"])
+        batch["offset"] = np.full(n_rows, segment * self.segment_len, ROW_FIELDS["offset"])
+        batch["reset"] = np.full(n_rows, segment == 0, ROW_FIELDS["reset"])
         self.next_batch = n + 1
         return batch
 
@@ -157,7 +172,7 @@ class ShardLoader(SegmentLoader):
 
     source = "shards"
 
-    def __init__(self, data_cfg: Any, *, batch_size: int, segment_len: int, seed: int):
+    def __init__(self, data_cfg: Any, *, batch_size: int, segment_len: int, seed: int, rows: slice):
         if not data_cfg.path:
             raise _config_error("config key 'data.path': required when data.source is 'shards'")
         self.path = Path(data_cfg.path)
@@ -174,7 +189,7 @@ class ShardLoader(SegmentLoader):
             raise _config_error(f"config key 'data.path': {self.path} is incomplete ({len(missing)} of "
                                 f"{manifest['num_shards']} shards missing, e.g. {missing[0]}); finish it with omnirl-generate")
         super().__init__(batch_size=batch_size, segment_len=segment_len, seq_len=manifest["seq_len"], seed=seed,
-                         dataset=manifest["dataset"])
+                         dataset=manifest["dataset"], rows=rows)
         self._records = [manifest["shards"][str(i)] for i in range(manifest["num_shards"])]
         self._starts = np.cumsum([0] + [r["num_sequences"] for r in self._records])
         self.num_sequences = int(self._starts[-1])
@@ -194,8 +209,8 @@ class ShardLoader(SegmentLoader):
 
     def _fill(self, batch: dict, group: int, segment: int) -> None:
         t0, t1 = segment * self.segment_len, (segment + 1) * self.segment_len
-        for b in range(self.batch_size):
-            shard, row = self._sequence(group * self.batch_size + b)
+        for b, r in enumerate(range(self.rows.start, self.rows.stop)):
+            shard, row = self._sequence(group * self.batch_size + r)
             chunk = {name: shard[name][row:row + 1, t0:t1] for name in STEP_FIELDS if name != "next_obs"}
             after = shard["obs"][row, t1] if t1 < self.seq_len else shard["last_obs"][row]
             _put_rows(batch, slice(b, b + 1), chunk, after)
@@ -205,9 +220,11 @@ class ShardLoader(SegmentLoader):
 
 
 # --------------------------------------------------------------------------- generate
-def _worker_rows(batch_size: int, workers: int) -> list[slice]:
-    """Row slices of each worker: contiguous, sizes differing by at most one."""
-    return [slice(w * batch_size // workers, (w + 1) * batch_size // workers) for w in range(workers)]
+def _worker_rows(rows: slice, workers: int) -> list[slice]:
+    """The global batch's row slices of each worker, splitting ``rows``: contiguous, sizes
+    differing by at most one."""
+    n = rows.stop - rows.start
+    return [slice(rows.start + w * n // workers, rows.start + (w + 1) * n // workers) for w in range(workers)]
 
 
 def _segments(config, seed: int, batch_size: int, rows: slice, segment_len: int, start_batch: int):
@@ -252,7 +269,7 @@ class GenerateLoader(SegmentLoader):
 
     source = "generate"
 
-    def __init__(self, data_cfg: Any, *, batch_size: int, segment_len: int, seed: int):
+    def __init__(self, data_cfg: Any, *, batch_size: int, segment_len: int, seed: int, rows: slice):
         self._procs, self._queues, self._local = [], [], None  # before any raise: __del__ closes them
         extra = dict(data_cfg.generator or {})
         for key in ("n_states", "n_actions", "seq_len"):
@@ -267,17 +284,17 @@ class GenerateLoader(SegmentLoader):
             raise _config_error(f"config key 'data.workers': must be >= 0, got {data_cfg.workers!r}")
         fingerprint = hashlib.sha256(json.dumps(shards.config_dict(self.config), sort_keys=True).encode()).hexdigest()
         super().__init__(batch_size=batch_size, segment_len=segment_len, seq_len=data_cfg.seq_len, seed=seed,
-                         dataset=f"generate:{fingerprint}")
-        self.workers = min(data_cfg.workers, batch_size)
+                         dataset=f"generate:{fingerprint}", rows=rows)
+        self.workers = min(data_cfg.workers, rows.stop - rows.start)
 
     def _start(self) -> None:
         """Start the producers at ``next_batch`` (lazily, so ``restore`` first costs nothing)."""
         if self.workers == 0:
-            self._local = _segments(self.config, self.seed, self.batch_size, slice(0, self.batch_size),
-                                    self.segment_len, self.next_batch)
+            self._local = _segments(self.config, self.seed, self.batch_size, self.rows, self.segment_len,
+                                    self.next_batch)
             return
         ctx = mp.get_context("spawn")  # the trainer has JAX loaded: never fork it
-        for rows in _worker_rows(self.batch_size, self.workers):
+        for rows in _worker_rows(self.rows, self.workers):
             q = ctx.Queue(maxsize=PREFETCH)
             p = ctx.Process(target=_worker_main, daemon=True, name=f"omnirl-data-{rows.start}",
                             args=(self.config, self.seed, self.batch_size, rows, self.segment_len, self.next_batch,
@@ -309,9 +326,9 @@ class GenerateLoader(SegmentLoader):
             _, chunk, after = next(self._local)
             _put_rows(batch, slice(None), chunk, after)
             return
-        for w, rows in enumerate(_worker_rows(self.batch_size, self.workers)):
+        for w, rows in enumerate(_worker_rows(self.rows, self.workers)):
             _, chunk, after = self._receive(w, n)
-            _put_rows(batch, rows, chunk, after)
+            _put_rows(batch, slice(rows.start - self.rows.start, rows.stop - self.rows.start), chunk, after)
 
     def _seek(self, batch: int) -> None:
         self.close()
