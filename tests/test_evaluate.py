@@ -67,14 +67,14 @@ def test_end_to_end_writes_reports(workdir, tmp_path):
     out = tmp_path / "eval"
     results = run(str(workdir), ["anymdp-16"], modes=["online", "offline"], out=out, n_tasks=3, steps=256,
                   window=128, context_steps=64, log=lambda *_: None)
-    agents = {"model", "random", "oracle", "q_learning", "model_based"}
+    agents = {"model", "random", "oracle", "q_learning", "model_based", "ppo"}
     assert {(r.mode, r.agent) for r in results} == {(m, a) for m in ("online", "offline") for a in agents}
     scores = {(r.mode, r.agent): np.nanmean(r.scores) for r in results}
     assert abs(scores["online", "oracle"] - 1) < 0.3 and abs(scores["online", "random"]) < 0.3
     assert all(np.isfinite(v) for v in scores.values())
     with open(out / "curves.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * 5 * 2 and {r["step"] for r in rows} == {"128", "256"}
+    assert len(rows) == 2 * 6 * 2 and {r["step"] for r in rows} == {"128", "256"}
     assert (out / "summary.csv").is_file()
     assert (out / "anymdp-16_online.png").stat().st_size > 0 and (out / "anymdp-16_offline.png").is_file()
 

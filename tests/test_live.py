@@ -52,7 +52,7 @@ def test_darkroom_and_live_suites_end_to_end(tmp_path):
     results = run(str(workdir), ["darkroom", "mountaincar", "pendulum"], modes=["online", "offline"], out=out,
                   n_tasks=2, steps=512, window=256, context_steps=64, log=lines.append)
     scores = {(r.suite, r.mode, r.agent): np.nanmean(r.scores) for r in results}
-    agents = ("model", "random", "oracle", "q_learning", "model_based")
+    agents = ("model", "random", "oracle", "q_learning", "model_based", "ppo")
     assert set(scores) == ({("darkroom", m, a) for m in ("online", "offline") for a in agents}
                            | {(s, "online", a) for s in ("mountaincar", "pendulum") for a in agents})
     assert all(np.isfinite(v) for v in scores.values())

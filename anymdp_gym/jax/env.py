@@ -130,17 +130,21 @@ class GarnetMDP(AnyMDP):
         return sample_garnet_task(self.n_states, self.n_actions, seed=seed)
 
 
-class OneHotObservation(GymnaxWrapper):
-    """Observations of a ``Discrete(n)`` env as one-hot float32 vectors (``Box(0, 1, (n,))``):
-    the input an MLP learner (rejax, PureJaxRL) needs, where an id fed as a number would impose
-    an order the task does not have."""
+class Wrapper(GymnaxWrapper):
+    """gymnax's wrapper, safe to ``copy.deepcopy`` (which rejax applies to its config): gymnax's
+    attribute forwarding recurses forever there, where the copy is asked for attributes before
+    it has ``_env``."""
 
     def __getattr__(self, name):
-        # gymnax's forwarding recurses forever in copy.deepcopy (which rejax applies to its
-        # config), where the copy is asked for attributes before it has ``_env``.
         if name == "_env":
             raise AttributeError(name)
         return getattr(self._env, name)
+
+
+class OneHotObservation(Wrapper):
+    """Observations of a ``Discrete(n)`` env as one-hot float32 vectors (``Box(0, 1, (n,))``):
+    the input an MLP learner (rejax, PureJaxRL) needs, where an id fed as a number would impose
+    an order the task does not have."""
 
     def observation_space(self, params=None) -> spaces.Box:
         return spaces.Box(0.0, 1.0, (self._env.observation_space(params).n,), jnp.float32)

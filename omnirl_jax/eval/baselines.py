@@ -9,6 +9,8 @@
   same ``env_jax`` dynamics, for the same number of interaction steps as the model. In the
   offline and imitation modes they first ``update`` on the context's transitions, as the model
   first reads them.
+* **ppo** is rejax's PPO, trained on each task's gymnax env for the same budget, its curve its
+  returns while it trains (``omnirl_jax.eval.ppo``).
 
 Decisions where the issue is silent:
 
@@ -171,14 +173,26 @@ def _solver(name: str, game: TablePlay) -> Trajectory:
                            context=game.context)
 
 
+def _ppo(game: TablePlay):
+    from omnirl_jax.eval import ppo  # imported here: gymnax and rejax take seconds to import
+
+    n_actions = {task.n_actions for task in game.tasks}
+    if len(n_actions) != 1:
+        raise ValueError(f"ppo plays a group of tasks with one number of actions, got {sorted(n_actions)}")
+    return ppo.ppo_baseline(ppo.table_env(game.n_obs, n_actions.pop()), game.env_params, game.key, game.n_steps)
+
+
 TABLE_BASELINES: dict[str, Callable[[TablePlay], Trajectory]] = {
     **{name: functools.partial(_table, name) for name in ("random", "oracle")},
     **{name: functools.partial(_solver, name) for name in SOLVERS},
+    "ppo": _ppo,
 }
-"""Baseline name -> runner on a group of table tasks. A new baseline (PPO on the tasks' JAX
-env, say) is one more entry: a function of a ``TablePlay`` returning its ``Trajectory``."""
-CONTEXT_FREE = ("random", "oracle")
-"""Baselines that ignore any context: played once per group, scored in every mode."""
+"""Baseline name -> runner on a group of table tasks: a function of a ``TablePlay`` returning
+its play, ``[B, T]`` ``reward`` and ``done`` (a ``Trajectory``; ``ppo``'s records those two
+only, ``omnirl_jax.eval.ppo.Steps``)."""
+CONTEXT_FREE = ("random", "oracle", "ppo")
+"""Baselines that ignore any context: played once per group, scored in every mode (PPO is
+on-policy and cannot learn from another policy's records)."""
 
 
 def feed_context(solvers: Sequence, context: Records) -> None:

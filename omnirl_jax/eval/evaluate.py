@@ -1,6 +1,6 @@
 """``omnirl-eval``: in-context RL of a trained OmniRL checkpoint on held-out task suites, against
-each suite's baselines (random, oracle, tabular Q-learning and model-based RL; on bandits
-epsilon-greedy, UCB1 and Thompson sampling) on the same tasks and step budgets.
+each suite's baselines (random, oracle, tabular Q-learning, model-based RL and rejax's PPO; on
+bandits epsilon-greedy, UCB1 and Thompson sampling) on the same tasks and step budgets.
 
 Modes (spec section 4), all acting with prompt ``opt3``, the model's own steps tagged ``unk``:
 

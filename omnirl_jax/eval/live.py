@@ -28,8 +28,8 @@ fixed optimum of -385.
 Baselines: every name of ``LIVE_BASELINES``, a runner that plays a group and returns its
 ``[n_tasks, steps]`` rewards and episode ends. Step-by-step learners are players with
 ``act(obs) -> actions`` and ``observe(reward, next_obs, terminated, truncated)`` over the batch
-(``stepwise`` turns one into a runner); a learner that runs its own loop (PPO) would be one more
-runner.
+(``play`` runs one); ``ppo`` runs its own loop on gymnax's JAX port of the task
+(``omnirl_jax.eval.ppo``).
 """
 
 from __future__ import annotations
@@ -210,10 +210,22 @@ def _solver(name: str, game: LivePlay):
     return play(lambda _: SolverPlayer(solvers), game)
 
 
+def _ppo(game: LivePlay):
+    import jax
+
+    from omnirl_jax.eval import ppo  # imported here: gymnax and rejax take seconds to import
+
+    env = ppo.live_env(game.instances[0].task, game.n_obs)
+    params = env.params(np.stack([inst.mapping for inst in game.instances]))
+    steps = jax.device_get(ppo.ppo_baseline(env, params, jax.random.key(game.seed), game.n_steps))
+    return steps.reward, steps.done
+
+
 LIVE_BASELINES: dict[str, Callable[[LivePlay], tuple[np.ndarray, np.ndarray]]] = {
     "random": _random,
     "oracle": _oracle,
     **{name: functools.partial(_solver, name) for name in SOLVERS},
+    "ppo": _ppo,
 }
 """Baseline name -> runner of a live group (module doc)."""
 

@@ -44,7 +44,7 @@ from omnirl_jax.eval.gym_adapter import GYM_TASKS, gym_size, task_from_gym
 
 MODES = ("online", "offline", "imitation")
 """What the model sees before acting (``omnirl_jax.eval.evaluate``)."""
-MDP_BASELINES = ("random", "oracle", "q_learning", "model_based")
+MDP_BASELINES = ("random", "oracle", "q_learning", "model_based", "ppo")
 LIVE_MODES = ("online",)
 """Modes of live suites: the offline and imitation contexts are drawn from table policies."""
 BANDIT_BASELINES = ("random", "oracle", "epsilon_greedy", "ucb1", "thompson")
