@@ -17,7 +17,8 @@ its recurrent state, so a new episode of the same task is played with what the e
 taught it. ``act(obs)`` returns an action for the current observation; ``observe(reward,
 next_obs, terminated, truncated)`` reports what ``env.step`` returned for it (``next_obs`` is
 read only when ``terminated``: the terminal observation becomes its own record, as in the
-training data; after an episode ends the next ``act`` gets the reset observation).
+training data, except for a model trained on one-step tasks (bandits), whose data holds none;
+after an episode ends the next ``act`` gets the reset observation).
 ``reset_task()`` empties the context. Calls must alternate ``act``, ``observe``, ``act``, ...
 
 Each ``act`` is one jitted call (``rollout.ModelRunner.act``): it reads the previous step (and
@@ -46,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from gymnasium import spaces
 
+from omnirl_jax.data.loader import generator_config_of
 from omnirl_jax.data.schema import TAG_ID
 from omnirl_jax.eval.restore import LoadedModel, load_model
 from omnirl_jax.eval.rollout import PendingStep
@@ -68,6 +70,8 @@ class InContextAgent:
         if num_envs is not None and num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.model, self.runner = model, model.runner
+        # A model trained on one-step tasks never saw a terminal record: feed none.
+        self._terminal_records = not generator_config_of(model.config.data).one_step
         self.num_envs, self.temperature = num_envs, float(temperature)
         self._batch = 1 if num_envs is None else int(num_envs)
         self._key = jax.random.key(seed)
@@ -110,7 +114,7 @@ class InContextAgent:
         if self._acted is None:
             raise RuntimeError("observe() called before act()")
         ids, action = self._acted
-        terminated = np.broadcast_to(np.asarray(terminated, bool), (self._batch,))
+        terminated = np.broadcast_to(np.asarray(terminated, bool), (self._batch,)) & self._terminal_records
         next_ids = self._ids(next_obs, "next observation") if terminated.any() else np.zeros_like(ids)
         self._pending = PendingStep(
             obs=jnp.asarray(ids), action=jnp.asarray(action, jnp.int32),

@@ -57,7 +57,7 @@ def test_agent_seed_replays_its_actions(model):
 def test_readme_frozenlake_snippet(tiny_workdir):
     """The README's agent snippet, as written, with a tiny checkpoint in place of runs/cpu."""
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    snippet = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "InContextAgent" in b)
+    snippet = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "FrozenLake" in b)
     assert len(snippet.strip().splitlines()) < 15
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -192,6 +192,12 @@ class GeneratorConfig:
             bad("garnet_branching", f"must be an integer in [1, active states], got {self.garnet_branching!r}")
         return self
 
+    @property
+    def one_step(self) -> bool:
+        """Every episode of these tasks is one pull (bandits, contextual bandits), so their
+        sequences hold no terminal records (module doc)."""
+        return self.n_states == 1 or self.task_family == "cbandit"
+
     def policy_params(self) -> pol.PolicyParams:
         """The compiled kernels' view of this config."""
         weights = np.array([float(self.policy_weights.get(name, 0.0)) for name in pol.POLICY_NAMES])

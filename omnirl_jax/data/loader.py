@@ -70,6 +70,14 @@ def _config_error(message: str) -> Exception:
     return ConfigError(message)
 
 
+def generator_config_of(data_cfg: Any):
+    """The generator settings of a ``DataConfig``: ``data.generator`` with the sizes of ``data``
+    (``shards.generator_config``; ``ValueError`` naming the key if one is bad)."""
+    return shards.generator_config({**(data_cfg.generator or {}), "n_states": data_cfg.n_states,
+                                    "n_actions": data_cfg.n_actions, "seq_len": data_cfg.seq_len},
+                                   "config key 'data.generator'")
+
+
 def make_loader(data_cfg: Any, *, batch_size: int, segment_len: int, seed: int,
                 rows: Optional[slice] = None) -> "SegmentLoader":
     """An iterator of schema batches ``[rows, segment_len]`` with ``state()``/``restore()``: rows
@@ -276,8 +284,7 @@ class GenerateLoader(SegmentLoader):
             if key in extra:
                 raise _config_error(f"config key 'data.generator.{key}': set data.{key} instead")
         try:
-            self.config = shards.generator_config({**extra, "n_states": data_cfg.n_states, "n_actions": data_cfg.n_actions,
-                                            "seq_len": data_cfg.seq_len}, "config key 'data.generator'")
+            self.config = generator_config_of(data_cfg)
         except ValueError as e:
             raise _config_error(str(e)) from None
         if not isinstance(data_cfg.workers, int) or data_cfg.workers < 0:
