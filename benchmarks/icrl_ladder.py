@@ -139,8 +139,10 @@ def run_rung(rung: str, workdir, *, overrides: Sequence[str] = (), steps: Option
     suite = get_suite(r.suite)
     common = dict(modes=["online"], n_tasks=n_tasks, steps=cfg.data.seq_len, window=min(suite.window, cfg.data.seq_len),
                   seed=1, log=lambda *_: None)
-    # The full budget is played with every baseline in one report (its PNG shows them together).
-    results = {x.agent: x for x in evaluate.run(str(workdir), [r.suite], step=budgets[-1],
+    # The full budget is played with the suite's random, oracle and classic baselines in one report
+    # (its PNG shows them together); PPO, which trains a network per task, is left to omnirl-eval.
+    agents = ["model", *(a for a in suite.baselines if a in ("random", "oracle") + CLASSIC)]
+    results = {x.agent: x for x in evaluate.run(str(workdir), [r.suite], step=budgets[-1], agents=agents,
                                                    out=workdir / "eval" / f"step_{budgets[-1]}", **common)}
     baselines = {name: res for name, res in results.items() if name != "model"}
     classic = [a for a in CLASSIC if a in baselines]

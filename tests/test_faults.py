@@ -45,7 +45,9 @@ def reference(tmp_path_factory):
     return workdir
 
 
-@pytest.mark.parametrize("point", ["write", "digest", "commit"])
+# The default suite kills at one point (its budget is 15 minutes on CI); ``-m slow`` at all three.
+@pytest.mark.parametrize("point", ["write", pytest.param("digest", marks=pytest.mark.slow),
+                                   pytest.param("commit", marks=pytest.mark.slow)])
 def test_kill_during_a_save_resumes_from_the_last_complete_step(reference, tmp_path, point, capsys):
     """SIGKILL in the second save (step 4): with its arrays written but not finalised, with its
     digest half written, and with the digest written but the step not yet renamed into place."""
