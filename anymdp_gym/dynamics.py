@@ -22,16 +22,14 @@ is chosen to touch one cache line per transition:
 * ``ends[i, s]`` says that arriving in ``s`` ends the episode (terminal states, and every state
   of a bandit or contextual bandit, ``Task.one_step``, which ends every episode after one pull).
 
-Randomness: every env owns a SplitMix64 stream, a ``uint64`` state in an array ``rng[i]``
-advanced in place; ``seed_streams`` derives those states from a ``numpy.random.Generator``.
-The stream is counter-based, so any consumer (env, batched env, generator) replays the same
-numbers for the same seed whatever else runs beside it. Every draw is unconditional: a reset
-spends one uniform on the start state and one on the observation, a step one uniform on the
-transition, one normal on the reward noise (even where the std is 0) and one uniform on the
-observation (even for an MDP, whose emission has one outcome). Why: a draw taken only in some
-cases (``if std > 0``, ``if several ids``) made the batched loop 2.4x slower, measured, even
-when the branch always went the same way; and a task's stream then cannot depend on the batch
-it is compiled in (tables are padded to the batch's widest emission and start set).
+Randomness: every env owns a stream ``rng[i]`` of ``anymdp_gym.random_stream``, so any consumer
+(env, batched env, generator) replays the same numbers for the same seed. Every draw is
+unconditional: a reset spends one uniform on the start state and one on the observation, a step one
+uniform on the transition, one normal on the reward noise (even where the std is 0) and one uniform
+on the observation (even for an MDP, whose emission has one outcome). Why: a draw taken only in
+some cases (``if std > 0``, ``if several ids``) made the batched loop 2.4x slower, measured, even
+when the branch always went the same way; and a task's stream then cannot depend on the batch it is
+compiled in (tables are padded to the batch's widest emission and start set).
 """
 
 from __future__ import annotations
@@ -41,13 +39,9 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from numba import njit
 
+from anymdp_gym.planning import row_windows
+from anymdp_gym.random_stream import categorical, normal, uniform
 from anymdp_gym.task import Task
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
-_TO_UNIT = 1.0 / 9007199254740992.0  # 2**-53
 
 SLOT = np.dtype(
     [
@@ -75,81 +69,6 @@ class TaskTables(NamedTuple):
     obs_ids: np.ndarray  # int32 [N, n, K]
     obs_cdf: np.ndarray  # float64 [N, n, K], padded with 1.0
     max_steps: np.ndarray  # int64 [N]
-
-
-# --------------------------------------------------------------------------- random streams
-def seed_streams(rng: np.random.Generator, n: int) -> np.ndarray:
-    """``n`` independent SplitMix64 states drawn from ``rng``."""
-    return rng.integers(0, 2**64 - 1, size=n, dtype=np.uint64, endpoint=True)
-
-
-@njit(cache=True, inline="always")
-def next_u64(rng, i):
-    z = rng[i] + _GOLDEN
-    rng[i] = z
-    z = (z ^ (z >> _S30)) * _MIX1
-    z = (z ^ (z >> _S27)) * _MIX2
-    return z ^ (z >> _S31)
-
-
-@njit(cache=True, inline="always")
-def uniform(rng, i):
-    """Uniform in [0, 1) from stream ``i``."""
-    return np.float64(next_u64(rng, i) >> _S11) * _TO_UNIT
-
-
-def _ziggurat_tables(layers=256, r=3.6541528853610088, area=4.92867323399e-3):
-    """Layer edges ``x`` and heights ``f(x)`` of Marsaglia & Tsang's 256-layer ziggurat.
-
-    Layer ``i`` covers ``x < x[i]`` between heights ``f(x[i])`` and ``f(x[i + 1])``; layer 0 is
-    the base strip ``[0, r]`` plus the tail, drawn as a rectangle of width ``area / f(r)``.
-    """
-    x = np.zeros(layers + 1)
-    x[0], x[1] = area / np.exp(-0.5 * r * r), r
-    for i in range(1, layers - 1):
-        x[i + 1] = np.sqrt(-2.0 * np.log(area / x[i] + np.exp(-0.5 * x[i] * x[i])))
-    return x, np.exp(-0.5 * x * x)
-
-
-_ZIG_X, _ZIG_F = _ziggurat_tables()
-_ZIG_R = _ZIG_X[1]
-_LOW8, _S8, _ONE = np.uint64(0xFF), np.uint64(8), np.uint64(1)
-
-
-@njit(cache=True, inline="always")
-def normal(rng, i):
-    """Standard normal from stream ``i``: Marsaglia & Tsang's ziggurat, exact.
-
-    99% of draws cost one ``uint64`` (8 bits pick the layer, one the sign, 53 the position),
-    a table read and a compare; the rest fall back to the wedge or tail tests, which draw more
-    numbers from the same stream, so the stream stays reproducible.
-    """
-    while True:
-        z = next_u64(rng, i)
-        layer = z & _LOW8
-        sign = -1.0 if (z >> _S8) & _ONE else 1.0
-        x = np.float64(z >> _S11) * _TO_UNIT * _ZIG_X[layer]
-        if x < _ZIG_X[layer + 1]:
-            return sign * x
-        if layer == 0:  # tail beyond r
-            while True:
-                a = -np.log1p(-uniform(rng, i)) / _ZIG_R
-                b = -np.log1p(-uniform(rng, i))
-                if b + b > a * a:
-                    return sign * (_ZIG_R + a)
-        height = _ZIG_F[layer] + uniform(rng, i) * (_ZIG_F[layer + 1] - _ZIG_F[layer])
-        if height < np.exp(-0.5 * x * x):
-            return sign * x
-
-
-@njit(cache=True, inline="always")
-def categorical(cdf, rng, i):
-    """Index drawn from a cumulative distribution (padded with 1.0)."""
-    u = uniform(rng, i)
-    k = 0
-    while k < cdf.size - 1 and u >= cdf[k]:
-        k += 1
-    return k
 
 
 # --------------------------------------------------------------------------- stepping
@@ -284,30 +203,10 @@ def step_batch(tables, states, steps, rng, actions, values, obs, rewards, means,
 
 # --------------------------------------------------------------------------- table building
 @njit(cache=True)
-def _row_windows(transition):
-    """``(lo, width)`` of the non-zero window of every ``(s, a)`` row (width 0 if none)."""
-    n, n_actions, _ = transition.shape
-    out = np.zeros((n, n_actions, 2), dtype=np.int32)
-    for s in range(n):
-        for a in range(n_actions):
-            first, last = -1, -1
-            for j in range(n):
-                if transition[s, a, j] != 0.0:
-                    if first < 0:
-                        first = j
-                    last = j
-            if first >= 0:
-                out[s, a, 0] = first
-                out[s, a, 1] = last + 1 - first
-    return out
-
-
-@njit(cache=True)
-def _fill_alias_rows(transition, reward, noise, windows, rows, slots):
-    """Vose's alias method for every row's window, written as ``SLOT`` records.
-
-    ``rows[s, a] = (offset, width)`` into ``slots``. Small entries are paired with large ones
-    until one list empties; what is left has (up to rounding) probability exactly 1.
+def _fill_alias_rows(transition, reward, noise, window_lo, window_hi, rows, slots):
+    """Vose's alias method for every row's window (``planning.row_windows``), written as ``SLOT``
+    records; ``rows[s, a] = (offset, width)`` into ``slots``. Small entries are paired with large
+    ones until one list empties; what is left has (up to rounding) probability exactly 1.
     """
     n, n_actions, _ = transition.shape
     scaled = np.empty(n)  # work buffers, reused by every row
@@ -317,7 +216,7 @@ def _fill_alias_rows(transition, reward, noise, windows, rows, slots):
     offset = 0
     for s in range(n):
         for a in range(n_actions):
-            lo, w = windows[s, a, 0], windows[s, a, 1]
+            lo, w = window_lo[s, a], window_hi[s, a] - window_lo[s, a]
             rows[s, a, 0] = offset
             rows[s, a, 1] = w
             if w == 0:
@@ -367,8 +266,8 @@ def compile_tasks(tasks: Sequence[Task]) -> TaskTables:
     n_actions = tasks[0].n_actions
     if any(t.n_actions != n_actions for t in tasks):
         raise ValueError("all tasks of a batch must have the same number of actions")
-    windows = [_row_windows(t.transition) for t in tasks]
-    sizes = np.array([int(w[:, :, 1].sum()) for w in windows], dtype=np.int64)
+    windows = [row_windows(t.transition) for t in tasks]
+    sizes = np.array([int((hi - lo).sum()) for lo, hi in windows], dtype=np.int64)
     n_max = max(t.n_active for t in tasks)
     m_max = max(t.start_states.size for t in tasks)
     k_max = max(1 if t.emission is None else int((t.emission > 0).sum(axis=1).max()) for t in tasks)
@@ -388,7 +287,7 @@ def compile_tasks(tasks: Sequence[Task]) -> TaskTables:
         n = task.n_active
         base = tables.slot_base[i]
         _fill_alias_rows(
-            task.transition, task.reward, task.reward_noise, window,
+            task.transition, task.reward, task.reward_noise, *window,
             tables.rows[i, :n], tables.slots[base : base + sizes[i]],
         )
         tables.ends[i, :n] = task.terminal | task.one_step

@@ -42,7 +42,7 @@ Info keys:
 
 Reproducibility: the task and every random number of stepping derive from ``self.np_random``
 (the task sampler draws from it, then one SplitMix64 stream is seeded from it, see
-``dynamics.py``), so a seed gives the same task and trajectory in any process, and sub-env
+``random_stream.py``), so a seed gives the same task and trajectory in any process, and sub-env
 ``i`` of the batched env reset with seed ``s`` replays this env reset with seed ``s + i``.
 """
 
@@ -59,7 +59,8 @@ from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
 from anymdp_gym import render
-from anymdp_gym.dynamics import compile_tasks, reset_single, seed_streams, step_single
+from anymdp_gym.dynamics import compile_tasks, reset_single, step_single
+from anymdp_gym.random_stream import seed_streams
 from anymdp_gym.planning import expected_rewards, row_windows, value_iteration
 from anymdp_gym.sampling import add_emission, check_sizes, sample_garnet_task, sample_task
 from anymdp_gym.task import Task

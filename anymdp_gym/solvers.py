@@ -9,7 +9,7 @@ Why the module-level ``@njit`` kernels: the per-step rules (Q-learning update, m
 optimistic planning sweeps, noisy action choice) are written once over plain
 arrays. These classes call them on one agent's tables; ``omnirl_jax.data.policies`` calls the
 very same kernels on slices of a batch of agents inside the compiled data generator. Randomness
-comes from ``anymdp_gym.dynamics`` SplitMix64 streams seeded from an explicit seed.
+comes from ``anymdp_gym.random_stream`` streams seeded from an explicit seed.
 
 Decisions where the spec is silent:
 
@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from anymdp_gym.dynamics import normal, seed_streams, uniform
+from anymdp_gym.random_stream import normal, seed_streams, uniform
 from anymdp_gym.planning import value_iteration
 from anymdp_gym.task import Task
 

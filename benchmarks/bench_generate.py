@@ -38,7 +38,8 @@ from numba import njit
 
 import anymdp_gym  # noqa: F401  (registers the env ids)
 
-from anymdp_gym.dynamics import compile_tasks, reset_env, seed_streams, step_env, uniform
+from anymdp_gym.dynamics import compile_tasks, reset_env, step_env
+from anymdp_gym.random_stream import seed_streams, uniform
 from anymdp_gym.sampling import sample_task
 
 N_ACTIONS = 5

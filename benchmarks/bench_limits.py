@@ -124,7 +124,8 @@ def bench_env(states, limits: dict, n_envs: int = 4096, n_steps: int = 280) -> N
 
 
 def bench_generator(states, seq_len: int = 65536, per_process: int = 32) -> None:
-    from anymdp_gym.dynamics import compile_tasks, seed_streams
+    from anymdp_gym.dynamics import compile_tasks
+    from anymdp_gym.random_stream import seed_streams
     from bench_generate import _random_play, bench_generator as generation_rate, task_pool
 
     cores = len(os.sched_getaffinity(0))

@@ -7,7 +7,8 @@ import pytest
 from numba import njit
 
 from anymdp_gym import add_emission, sample_garnet_task, sample_task
-from anymdp_gym.dynamics import compile_tasks, normal, reset_env, seed_streams, step_env, uniform
+from anymdp_gym.dynamics import compile_tasks, reset_env, step_env
+from anymdp_gym.random_stream import normal, seed_streams, uniform
 from anymdp_gym.task import Task
 
 

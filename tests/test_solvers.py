@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from anymdp_gym import add_emission, policy_evaluation, sample_task, value_iteration
-from anymdp_gym.dynamics import compile_tasks, reset_env, seed_streams, step_env
+from anymdp_gym.dynamics import compile_tasks, reset_env, step_env
+from anymdp_gym.random_stream import seed_streams
 from anymdp_gym.solvers import (
     EpsilonGreedySolver,
     ModelBasedSolver,

@@ -37,7 +37,8 @@ from typing import NamedTuple, Optional, Sequence
 import numpy as np
 from numba import njit
 
-from anymdp_gym.dynamics import compile_tasks, reset_env, seed_streams, step_env
+from anymdp_gym.dynamics import compile_tasks, reset_env, step_env
+from anymdp_gym.random_stream import seed_streams
 from anymdp_gym.planning import expected_rewards, optimal_q, row_windows
 from anymdp_gym.sampling import CBANDIT_REWARDS, sample_contextual_bandit, sample_garnet_task, sample_task
 from anymdp_gym.task import Task

@@ -51,7 +51,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from anymdp_gym.dynamics import normal, uniform
+from anymdp_gym.random_stream import normal, uniform
 from anymdp_gym.planning import row_windows
 from anymdp_gym.solvers import (
     argmax_row,
