@@ -8,27 +8,24 @@ The package needs only gymnasium, numpy and numba.
 
 from gymnasium.envs.registration import register, registry
 
-from anymdp_gym.env import AnyMDPEnv, AnyPOMDPEnv, GarnetMDPEnv
+from anymdp_gym.env import AnyMDPEnv
 from anymdp_gym.planning import policy_evaluation, value_iteration
 from anymdp_gym.sampling import add_emission, sample_contextual_bandit, sample_garnet_task, sample_task
 from anymdp_gym.task import Task
-from anymdp_gym.vector import AnyMDPVectorEnv, AnyPOMDPVectorEnv, GarnetMDPVectorEnv
+from anymdp_gym.vector import AnyMDPVectorEnv
 
-for _name in ("AnyMDP", "AnyPOMDP", "GarnetMDP"):
-    if f"{_name}-v0" not in registry:  # re-imports (e.g. importlib.reload) must not warn
+for _env_id, _family in (("AnyMDP-v0", "anymdp"), ("AnyPOMDP-v0", "anypomdp"), ("GarnetMDP-v0", "garnet")):
+    if _env_id not in registry:  # re-imports (e.g. importlib.reload) must not warn
         register(
-            id=f"{_name}-v0",
-            entry_point=f"anymdp_gym.env:{_name}Env",
-            vector_entry_point=f"anymdp_gym.vector:{_name}VectorEnv",
+            id=_env_id,
+            entry_point="anymdp_gym.env:AnyMDPEnv",
+            vector_entry_point="anymdp_gym.vector:AnyMDPVectorEnv",
+            kwargs={"family": _family},
         )
 
 __all__ = [
     "AnyMDPEnv",
     "AnyMDPVectorEnv",
-    "AnyPOMDPEnv",
-    "AnyPOMDPVectorEnv",
-    "GarnetMDPEnv",
-    "GarnetMDPVectorEnv",
     "Task",
     "add_emission",
     "policy_evaluation",

@@ -33,6 +33,8 @@ Arguments (``gym.make(id, ...)``):
     ``max_forward``, ``max_backward`` (see ``sampling.py``); AnyPOMDP-v0 takes ``n_obs``
     (default ``n_states``); GarnetMDP-v0 takes ``branching`` (default 2) and ``reward_std``
     (default 0.1).
+    family: the task family, set by the id as FrozenLake8x8 sets its map (``AnyMDPEnv(family=
+        "anypomdp")`` is ``AnyPOMDP-v0``): ``"anymdp"``, ``"anypomdp"`` or ``"garnet"``.
 
 Info keys:
     ``state``: internal index of the current state (ascending value order);
@@ -115,21 +117,10 @@ def check_reset_options(options: Optional[dict], sampler: Optional[TaskSampler])
     return options
 
 
-def _sample_pomdp(n_obs: Optional[int], seed: np.random.Generator, **kwargs) -> Task:
-    return add_emission(sample_task(seed=seed, **kwargs), n_obs, seed=seed)
-
-
 def _check_positive_ints(**values) -> None:
     for name, value in values.items():
         if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _band_reaches(min_forward, min_backward, max_forward, max_backward) -> dict:
-    """The AnyMDP band-reach arguments, checked, as keyword arguments of ``sample_task``."""
-    reaches = dict(min_forward=min_forward, min_backward=min_backward, max_forward=max_forward, max_backward=max_backward)
-    _check_positive_ints(**reaches)
-    return reaches
 
 
 def _bind(dispatcher, *args) -> Callable:
@@ -139,6 +130,48 @@ def _bind(dispatcher, *args) -> Callable:
     single step; the env always passes these same objects, so it resolves the types once.
     """
     return dispatcher.compile(tuple(numba.typeof(x) for x in args))
+
+
+# --------------------------------------------------------------------------- task families
+# A family turns the env's checked sizes (and its own arguments) into a sampler and the number of
+# observation ids; ``gym.make`` picks one through the registered ``family`` argument.
+def _anymdp(task, n_states, n_actions, min_states, *, min_forward=1, min_backward=1, max_forward=None,
+            max_backward=None) -> tuple[TaskSampler, int]:
+    reaches = dict(min_forward=min_forward, min_backward=min_backward, max_forward=max_forward, max_backward=max_backward)
+    _check_positive_ints(**reaches)
+    return functools.partial(sample_task, n_states, n_actions, min_states=min_states, **reaches), n_states
+
+
+def _sample_pomdp(n_obs: Optional[int], sample_mdp: TaskSampler, seed: np.random.Generator) -> Task:
+    return add_emission(sample_mdp(seed=seed), n_obs, seed=seed)
+
+
+def _anypomdp(task, n_states, n_actions, min_states, *, n_obs=None, **reaches) -> tuple[TaskSampler, int]:
+    _check_positive_ints(n_obs=n_obs)
+    if task is not None and n_obs is not None and n_obs != task.n_obs:
+        raise ValueError(f"n_obs={n_obs} contradicts the given task's n_obs={task.n_obs}")
+    n_obs = n_states if n_obs is None else n_obs
+    sample_mdp, _ = _anymdp(task, n_states, n_actions, min_states, **reaches)
+    return functools.partial(_sample_pomdp, n_obs, sample_mdp), n_obs
+
+
+def _garnet(task, n_states, n_actions, min_states, *, branching=2, reward_std=0.1) -> tuple[TaskSampler, int]:
+    if task is None and n_states == 1:
+        raise ValueError("GARNET tasks need n_states >= 8")
+    lowest = n_states if min_states is None else min_states
+    if not isinstance(branching, (int, np.integer)) or not 1 <= branching <= lowest:
+        raise ValueError(f"branching must be an integer in [1, {lowest}], got {branching!r}")
+    if not reward_std >= 0:
+        raise ValueError(f"reward_std must be >= 0, got {reward_std!r}")
+    sampler = functools.partial(
+        sample_garnet_task, n_states, n_actions, min_states=min_states, branching=branching, reward_std=reward_std
+    )
+    return sampler, n_states
+
+
+FAMILIES = {"anymdp": _anymdp, "anypomdp": _anypomdp, "garnet": _garnet}
+"""Task family of each registered id's ``family`` argument: ``AnyMDP-v0``, ``AnyPOMDP-v0``,
+``GarnetMDP-v0``."""
 
 
 # --------------------------------------------------------------------------- the env
@@ -156,7 +189,8 @@ def _sizes(task: Optional[Task], n_states, n_actions, min_states) -> tuple[int, 
 
 
 class AnyMDPEnv(gym.Env):
-    """``AnyMDP-v0``; see the module docstring for spaces, rewards, episode end and info."""
+    """``AnyMDP-v0``, ``AnyPOMDP-v0`` and ``GarnetMDP-v0``, one per ``family`` (``FAMILIES``);
+    see the module docstring for spaces, rewards, episode end, arguments and info."""
 
     metadata = {"render_modes": ["ansi", "rgb_array"], "render_fps": 4}
 
@@ -168,22 +202,18 @@ class AnyMDPEnv(gym.Env):
         task: Any = None,
         render_mode: Optional[str] = None,
         *,
-        min_forward: int = 1,
-        min_backward: int = 1,
-        max_forward: Optional[int] = None,
-        max_backward: Optional[int] = None,
+        family: str = "anymdp",
+        **family_args,
     ):
-        reaches = _band_reaches(min_forward, min_backward, max_forward, max_backward)
+        if family not in FAMILIES:
+            raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
         task = None if task is None else as_task(task)
         n_states, n_actions = _sizes(task, n_states, n_actions, min_states)
-        sampler = functools.partial(sample_task, n_states, n_actions, min_states=min_states, **reaches)
-        self._setup(sampler, task, n_states if task is None else task.n_obs, n_actions, render_mode)
-
-    def _setup(self, sampler: TaskSampler, task: Optional[Task], n_obs: int, n_actions: int, render_mode) -> None:
+        sampler, n_obs = FAMILIES[family](task, n_states, n_actions, min_states, **family_args)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.render_mode = render_mode
-        self.observation_space = spaces.Discrete(n_obs)
+        self.observation_space = spaces.Discrete(n_obs if task is None else task.n_obs)
         self.action_space = spaces.Discrete(n_actions)
         self._n_actions = n_actions
         self._fixed_task = task
@@ -265,60 +295,3 @@ class AnyMDPEnv(gym.Env):
         if self._tables is not None:
             self._step_fn = _bind(step_single, self._tables, self._cur, self._rng, 0)
 
-
-class AnyPOMDPEnv(AnyMDPEnv):
-    """``AnyPOMDP-v0``: an AnyMDP task seen through a sparse random emission (``n_obs`` ids)."""
-
-    def __init__(
-        self,
-        n_states: Optional[int] = None,
-        n_actions: Optional[int] = None,
-        n_obs: Optional[int] = None,
-        min_states: Optional[int] = None,
-        task: Any = None,
-        render_mode: Optional[str] = None,
-        *,
-        min_forward: int = 1,
-        min_backward: int = 1,
-        max_forward: Optional[int] = None,
-        max_backward: Optional[int] = None,
-    ):
-        _check_positive_ints(n_obs=n_obs)
-        reaches = _band_reaches(min_forward, min_backward, max_forward, max_backward)
-        task = None if task is None else as_task(task)
-        n_states, n_actions = _sizes(task, n_states, n_actions, min_states)
-        if task is not None and n_obs is not None and n_obs != task.n_obs:
-            raise ValueError(f"n_obs={n_obs} contradicts the given task's n_obs={task.n_obs}")
-        n_obs = (n_states if n_obs is None else n_obs) if task is None else task.n_obs
-        sampler = functools.partial(
-            _sample_pomdp, n_obs, n_states=n_states, n_actions=n_actions, min_states=min_states, **reaches
-        )
-        self._setup(sampler, task, n_obs, n_actions, render_mode)
-
-
-class GarnetMDPEnv(AnyMDPEnv):
-    """``GarnetMDP-v0``: GARNET tasks, each ``(s, a)`` reaching ``branching`` random states."""
-
-    def __init__(
-        self,
-        n_states: Optional[int] = None,
-        n_actions: Optional[int] = None,
-        branching: int = 2,
-        reward_std: float = 0.1,
-        min_states: Optional[int] = None,
-        task: Any = None,
-        render_mode: Optional[str] = None,
-    ):
-        task = None if task is None else as_task(task)
-        n_states, n_actions = _sizes(task, n_states, n_actions, min_states)
-        if task is None and n_states == 1:
-            raise ValueError("GARNET tasks need n_states >= 8")
-        lowest = n_states if min_states is None else min_states
-        if not isinstance(branching, (int, np.integer)) or not 1 <= branching <= lowest:
-            raise ValueError(f"branching must be an integer in [1, {lowest}], got {branching!r}")
-        if not reward_std >= 0:
-            raise ValueError(f"reward_std must be >= 0, got {reward_std!r}")
-        sampler = functools.partial(
-            sample_garnet_task, n_states, n_actions, min_states=min_states, branching=branching, reward_std=reward_std
-        )
-        self._setup(sampler, task, n_states if task is None else task.n_obs, n_actions, render_mode)

@@ -29,22 +29,20 @@ from gymnasium.vector.utils import batch_space
 
 from anymdp_gym import render
 from anymdp_gym.dynamics import compile_tasks, reset_batch, step_batch
-from anymdp_gym.env import (
-    AnyMDPEnv, AnyPOMDPEnv, GarnetMDPEnv, as_task, check_reset_options, draw_task_and_stream, oracle_values,
-)
+from anymdp_gym.env import AnyMDPEnv, as_task, check_reset_options, draw_task_and_stream, oracle_values
 from anymdp_gym.task import Task
 
 
 class AnyMDPVectorEnv(VectorEnv):
-    """Batched ``AnyMDP-v0``: ``num_envs`` plus the single env's arguments (see module doc)."""
+    """Batched ``AnyMDP-v0``, ``AnyPOMDP-v0`` and ``GarnetMDP-v0``: ``num_envs`` plus the single
+    env's arguments, ``family`` included (see module doc)."""
 
-    env_class = AnyMDPEnv
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": ["ansi", "rgb_array"]}
 
     def __init__(self, num_envs: int, render_mode: Optional[str] = None, **kwargs):
         if not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
-        template = self.env_class(render_mode=render_mode, **kwargs)  # validates the arguments
+        template = AnyMDPEnv(render_mode=render_mode, **kwargs)  # validates the arguments
         self._sampler = template._sampler
         self._fixed_task = template._fixed_task
         self.num_envs = int(num_envs)
@@ -144,14 +142,3 @@ class AnyMDPVectorEnv(VectorEnv):
             return tuple(render.frame(images[id(t)], t.n_active, int(s)) for t, s in zip(self.tasks, self._states))
         return None
 
-
-class AnyPOMDPVectorEnv(AnyMDPVectorEnv):
-    """Batched ``AnyPOMDP-v0``."""
-
-    env_class = AnyPOMDPEnv
-
-
-class GarnetMDPVectorEnv(AnyMDPVectorEnv):
-    """Batched ``GarnetMDP-v0``."""
-
-    env_class = GarnetMDPEnv

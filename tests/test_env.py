@@ -157,6 +157,7 @@ def one_line(excinfo) -> bool:
         ("AnyPOMDP-v0", {"n_obs": 0}, "n_obs"),
         ("GarnetMDP-v0", {"n_states": 1}, "GARNET"),
         ("GarnetMDP-v0", {"n_states": 8, "branching": 9}, "branching"),
+        ("AnyMDP-v0", {"family": "grid"}, "family"),
     ],
 )
 def test_bad_arguments_raise_one_line_errors(env_id, kwargs, match):
