@@ -71,6 +71,26 @@ class TaskTables(NamedTuple):
     max_steps: np.ndarray  # int64 [N]
 
 
+class BatchEnvs(NamedTuple):
+    """What the batched env carries between calls (axis 0 = env)."""
+
+    states: np.ndarray  # int64 [N] internal state
+    steps: np.ndarray  # int64 [N] actions taken in the current episode
+    rng: np.ndarray  # uint64 [N] streams (``random_stream``)
+
+
+class BatchSteps(NamedTuple):
+    """What ``step_batch`` writes per env (``reset_batch`` writes ``obs`` and ``oracle`` only)."""
+
+    obs: np.ndarray  # int64 [N] observation after the step (after an autoreset, the new episode's)
+    rewards: np.ndarray  # float64 [N]
+    means: np.ndarray  # float64 [N] noise-free reward of the transition
+    terminated: np.ndarray  # bool [N]
+    truncated: np.ndarray  # bool [N]
+    oracle: np.ndarray  # float64 [N] ``values[i, state]`` of the returned observation's state
+    final_obs: np.ndarray  # int64 [N] arrival observation
+
+
 # --------------------------------------------------------------------------- stepping
 @njit(cache=True, inline="always")
 def observe(tables, i, s, rng):
@@ -155,16 +175,18 @@ def step_single(tables, cur, rng, a):
 
 
 @njit(cache=True)
-def reset_batch(tables, states, steps, rng, values, obs, oracle):
-    """``reset_env`` for every env; ``oracle[i] = values[i, state]``."""
+def reset_batch(tables, values, envs, out):
+    """``reset_env`` for every env of ``envs`` (a ``BatchEnvs``); ``out.oracle[i] = values[i, state]``."""
+    states, steps, rng = envs
     for i in range(states.size):
         s, o = reset_env(tables, i, rng)
-        states[i], steps[i], obs[i], oracle[i] = s, 0, o, values[i, s]
+        states[i], steps[i], out.obs[i], out.oracle[i] = s, 0, o, values[i, s]
 
 
 @njit(cache=True)
-def step_batch(tables, states, steps, rng, actions, values, obs, rewards, means, terminated, truncated, oracle, final_obs):
-    """``step_env`` for every env, in three passes with the same draws in the same order.
+def step_batch(tables, values, envs, actions, out):
+    """``step_env`` for every env of ``envs`` (a ``BatchEnvs``), written into ``out`` (a
+    ``BatchSteps``), in three passes with the same draws in the same order.
 
     Why passes: at 4096 tasks the tables live in DRAM, and a transition reads two places that
     depend on each other (the row's ``(offset, width)``, then the alias record it points to).
@@ -178,6 +200,8 @@ def step_batch(tables, states, steps, rng, actions, values, obs, rewards, means,
     pass spells out ``land`` (the same draws in the same order; tests compare it with
     ``step_env``): calling it instead compiled to a loop half as fast, measured.
     """
+    states, steps, rng = envs
+    obs, rewards, means, terminated, truncated, oracle, final_obs = out
     n = states.size
     record = np.empty(n, np.int64)
     frac = np.empty(n)

@@ -28,7 +28,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from anymdp_gym import render
-from anymdp_gym.dynamics import compile_tasks, reset_batch, step_batch
+from anymdp_gym.dynamics import BatchEnvs, BatchSteps, compile_tasks, reset_batch, step_batch
 from anymdp_gym.env import AnyMDPEnv, as_task, check_reset_options, draw_task_and_stream, oracle_values
 from anymdp_gym.task import Task
 
@@ -55,9 +55,8 @@ class AnyMDPVectorEnv(VectorEnv):
         self._tables = None
         self._values = None
         self._gens: list[np.random.Generator] = []
-        self._rng = np.zeros(self.num_envs, dtype=np.uint64)
-        self._states = np.zeros(self.num_envs, dtype=np.int64)
-        self._steps = np.zeros(self.num_envs, dtype=np.int64)
+        n = self.num_envs
+        self._envs = BatchEnvs(states=np.zeros(n, np.int64), steps=np.zeros(n, np.int64), rng=np.zeros(n, np.uint64))
 
     def _install(self, tasks: list[Task]) -> None:
         n_obs, n_actions = self.single_observation_space.n, self.single_action_space.n
@@ -93,18 +92,24 @@ class AnyMDPVectorEnv(VectorEnv):
             self._gens = [seeding.np_random(s)[0] for s in seeds]
             sample = self._sampler is not None and given is None
             drawn = [draw_task_and_stream(g, self._sampler, sample) for g in self._gens]
-            self._rng[:] = [stream[0] for _, stream in drawn]
+            self._envs.rng[:] = [stream[0] for _, stream in drawn]
             self._install(given or ([task for task, _ in drawn] if sample else [self._fixed_task] * self.num_envs))
         elif given is not None:
             self._install(given)
         elif options.get("new_task"):
             self._install([self._sampler(seed=g) for g in self._gens])
-        obs = np.empty(self.num_envs, dtype=np.int64)
-        oracle = np.empty(self.num_envs)
-        reset_batch(self._tables, self._states, self._steps, self._rng, self._values, obs, oracle)
+        out = self._outputs()
+        reset_batch(self._tables, self._values, self._envs, out)
         everywhere = np.ones(self.num_envs, dtype=np.bool_)
-        info = {"state": self._states.copy(), "_state": everywhere, "oracle_value": oracle, "_oracle_value": everywhere}
-        return obs, info
+        info = {"state": self._envs.states.copy(), "_state": everywhere, "oracle_value": out.oracle,
+                "_oracle_value": everywhere}
+        return out.obs, info
+
+    def _outputs(self) -> BatchSteps:
+        n = self.num_envs
+        return BatchSteps(obs=np.empty(n, np.int64), rewards=np.empty(n), means=np.empty(n),
+                          terminated=np.empty(n, np.bool_), truncated=np.empty(n, np.bool_), oracle=np.empty(n),
+                          final_obs=np.empty(n, np.int64))
 
     def step(self, actions):
         if self._tables is None:
@@ -114,31 +119,26 @@ class AnyMDPVectorEnv(VectorEnv):
             raise ValueError(f"actions must be {self.num_envs} integers, got {actions.dtype} array of shape {actions.shape}")
         if actions.min() < 0 or actions.max() >= self.single_action_space.n:
             raise ValueError(f"actions must lie in [0, {self.single_action_space.n}), got {actions.min()}..{actions.max()}")
-        n = self.num_envs
-        obs, final_obs = np.empty(n, np.int64), np.empty(n, np.int64)
-        rewards, means, oracle = np.empty(n), np.empty(n), np.empty(n)
-        terminated, truncated = np.empty(n, np.bool_), np.empty(n, np.bool_)
-        step_batch(
-            self._tables, self._states, self._steps, self._rng, actions.astype(np.int64, copy=False), self._values,
-            obs, rewards, means, terminated, truncated, oracle, final_obs,
-        )
-        everywhere = np.ones(n, dtype=np.bool_)
+        out = self._outputs()
+        step_batch(self._tables, self._values, self._envs, actions.astype(np.int64, copy=False), out)
+        everywhere = np.ones(self.num_envs, dtype=np.bool_)
         info = {
-            "mean_reward": means, "_mean_reward": everywhere,
-            "state": self._states.copy(), "_state": everywhere,
-            "oracle_value": oracle, "_oracle_value": everywhere,
-            "final_obs": final_obs, "_final_obs": terminated | truncated,
+            "mean_reward": out.means, "_mean_reward": everywhere,
+            "state": self._envs.states.copy(), "_state": everywhere,
+            "oracle_value": out.oracle, "_oracle_value": everywhere,
+            "final_obs": out.final_obs, "_final_obs": out.terminated | out.truncated,
         }
-        return obs, rewards, terminated, truncated, info
+        return out.obs, out.rewards, out.terminated, out.truncated, info
 
     def render(self) -> Optional[tuple]:
         """One frame per sub-env, as the single env renders it (the last action is not kept)."""
         if self.tasks is None:
             raise ResetNeeded("render() needs reset() first: no tasks yet")
         if self.render_mode == "ansi":
-            return tuple(render.text(t, int(s), int(k), None) for t, s, k in zip(self.tasks, self._states, self._steps))
+            states, steps = self._envs.states, self._envs.steps
+            return tuple(render.text(t, int(s), int(k), None) for t, s, k in zip(self.tasks, states, steps))
         if self.render_mode == "rgb_array":
             images = {id(t): render.task_image(t) for t in self.tasks}
-            return tuple(render.frame(images[id(t)], t.n_active, int(s)) for t, s in zip(self.tasks, self._states))
+            return tuple(render.frame(images[id(t)], t.n_active, int(s)) for t, s in zip(self.tasks, self._envs.states))
         return None
 
