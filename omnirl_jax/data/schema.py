@@ -19,6 +19,7 @@ trainer zeroes that row's recurrent state).
 from __future__ import annotations
 
 import numpy as np
+from numba.extending import register_jitable
 
 TAGS = ("opt0", "opt1", "opt2", "opt3", "exp1", "exp2", "rnd", "unk")
 """Behaviour tags: oracle at gamma index k (opt0..opt3), model-based RL (exp1), Q-learning
@@ -39,3 +40,15 @@ STEP_FIELDS = {
 
 ROW_FIELDS = {"offset": np.int64, "reset": np.bool_}
 """Per-row batch fields, each ``[batch]``."""
+
+
+@register_jitable
+def terminal_record_follows(terminated, max_steps):
+    """Whether a step's arrival observation is recorded next as its own terminal record (null
+    action, reward 0, label null, the step's tag): on termination, except in a one-step task
+    (``max_steps == 1``: a bandit pull, whose sequences hold pulls only), never on truncation.
+
+    The one statement of the rule: the generator (Numba), the evaluator's rollouts and the
+    offline contexts (JAX) all call it (plain Python on NumPy or JAX arrays, compiled in Numba).
+    """
+    return terminated & (max_steps > 1)

@@ -5,9 +5,9 @@ The model is stepped with its recurrent state, never re-reading its context. For
 the online loop:
 
 1. if the previous action ended an episode by termination, the terminal observation is fed as
-   its own record (null action, reward 0, the last tag), as in the training data
-   (``omnirl_jax.data.schema``); a truncated episode gets no such record, nor does a pull of a
-   one-step task (a bandit: ``terminal_record``);
+   its own record (null action, reward 0, the last tag), as in the training data; a truncated
+   episode gets no such record, nor does a pull of a one-step task (a bandit): the rule is
+   ``schema.terminal_record_follows``;
 2. the model is called on a one-step batch holding the real prompt, observation and tag and
    placeholders for action and reward (the null action and 0). The policy head reads the
    observation token, which comes before the action and reward tokens, so the placeholders
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from anymdp_gym.jax import dynamics as env_jax
-from omnirl_jax.data.schema import TAG_ID
+from omnirl_jax.data.schema import TAG_ID, terminal_record_follows
 
 PROMPT = TAG_ID["opt3"]
 """Prompt of every evaluation step: ask for the policy the model was distilled from (opt3)."""
@@ -71,13 +71,6 @@ class Trajectory(NamedTuple):
     def done(self):
         """The step ended an episode."""
         return self.terminated | self.truncated
-
-
-def terminal_record(params: env_jax.EnvParams, out: env_jax.Step):
-    """Whether the step's arrival observation is recorded as a terminal record next: on
-    termination, except in a one-step task (bandit, ``max_steps == 1``), whose sequences hold
-    pulls only, as the generator writes them (``omnirl_jax.data.generate``)."""
-    return out.terminated & (params.max_steps_in_episode > 1)
 
 
 def sample_action(key, logits, action_mask, temperature: float):
@@ -187,7 +180,9 @@ class ModelRunner:
             obs = env.obs
             env, out = env_jax.step_batch(env_params, env, action, jax.random.split(k_env, batch_size))
             _, carry = self._apply(params, self._record(obs, action, out.reward, tags), carry)
-            return (carry, env, terminal_record(env_params, out), out.next_obs), Trajectory(obs, action, out.reward, out.next_obs, out.terminated, out.truncated)
+            pending = terminal_record_follows(out.terminated, env_params.max_steps_in_episode)
+            return (carry, env, pending, out.next_obs), Trajectory(obs, action, out.reward, out.next_obs,
+                                                                   out.terminated, out.truncated)
 
         init = (carry, env, jnp.zeros(batch_size, bool), env.obs)
         (carry, *_), traj = jax.lax.scan(body, init, jax.random.split(key, n_steps))
@@ -264,8 +259,8 @@ def behaviour_records(env_params: env_jax.EnvParams, greedy, eps, greedy_tag, ke
                                jnp.bool_(False), jnp.bool_(False))
             record = jax.tree.map(lambda t, a: jnp.where(pending, t, a), terminal, acted)
             env = jax.tree.map(lambda old, new: jnp.where(pending, old, new), env, new_env)
-            state = (env, ~pending & terminal_record(params, out), jnp.where(pending, terminal_obs, out.next_obs),
-                     jnp.where(pending, last_tag, tag))
+            follows = ~pending & terminal_record_follows(out.terminated, params.max_steps_in_episode)
+            state = (env, follows, jnp.where(pending, terminal_obs, out.next_obs), jnp.where(pending, last_tag, tag))
             return state, record
 
         env = env_jax.reset(params, k_reset)
