@@ -117,4 +117,4 @@ def test_batched_learners_equal_single_env_solvers_on_the_same_transitions():
             counts[s, a] -= 1
         # rewards are recorded in float32, the batch learned from float64 ones
         np.testing.assert_allclose(g._state.q[j, :n][mask], q.q[task.state_mapping][mask], rtol=1e-4, atol=1e-5)
-        np.testing.assert_array_equal(counts, m.n_sa[task.state_mapping])
+        np.testing.assert_array_equal(counts, m.model.n_sa[task.state_mapping])

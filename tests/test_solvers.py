@@ -7,6 +7,7 @@ from anymdp_gym import add_emission, policy_evaluation, sample_task, value_itera
 from anymdp_gym.dynamics import compile_tasks, reset_env, step_env
 from anymdp_gym.random_stream import seed_streams
 from anymdp_gym.solvers import (
+    CountModel,
     EpsilonGreedySolver,
     ModelBasedSolver,
     OracleSolver,
@@ -54,8 +55,8 @@ def python_plan(counts, rewards, terminal, r_max, gamma, c, sweeps, order):
     return v, greedy
 
 
-def model_arrays(n, n_actions, width):
-    return dict(
+def count_model(n, n_actions, width, lo):
+    return CountModel(
         counts=np.zeros((n, n_actions, width), np.int32),
         n_sa=np.zeros((n, n_actions), np.int32),
         r_sum=np.zeros((n, n_actions)),
@@ -63,23 +64,18 @@ def model_arrays(n, n_actions, width):
         seen_hi=np.zeros((n, n_actions), np.int32),
         terminal_seen=np.zeros(n, np.bool_),
         r_max=np.full(1, -np.inf),
+        lo=lo,
+        values=np.zeros(n),
+        greedy=np.zeros(n, np.int64),
     )
-
-
-def plan(m, lo, gamma, c, sweeps, order):
-    n = len(m["terminal_seen"])
-    v, greedy = np.zeros(n), np.zeros(n, np.int64)
-    model_plan(m["counts"], m["n_sa"], m["r_sum"], lo, m["seen_lo"], m["seen_hi"], m["terminal_seen"], m["r_max"],
-               order, gamma, c, sweeps, v, greedy)
-    return v, greedy
 
 
 def test_model_update_and_plan_match_python_in_dense_and_banded_layouts():
     rng = np.random.default_rng(1)
     n, n_actions, band = 9, 3, 3
-    dense = model_arrays(n, n_actions, n)
-    banded = model_arrays(n, n_actions, 2 * band + 1)
     lo = np.repeat(np.maximum(np.arange(n) - band, 0)[:, None], n_actions, axis=1).astype(np.int32)
+    dense = count_model(n, n_actions, n, np.zeros((n, n_actions), np.int32))
+    banded = count_model(n, n_actions, 2 * band + 1, lo)
     counts = np.zeros((n, n_actions, n))
     rewards = {(s, a): [] for s in range(n) for a in range(n_actions)}
     terminal = set()
@@ -87,20 +83,21 @@ def test_model_update_and_plan_match_python_in_dense_and_banded_layouts():
         s, a = rng.integers(n - 1), rng.integers(n_actions - 1)  # the last action stays untried
         s2 = int(np.clip(s + rng.integers(-band, band + 1), 0, n - 1))
         r, terminated = rng.normal(), s2 == n - 1
-        for m, k in ((dense, s2), (banded, s2 - lo[s, a])):
-            model_update(m["counts"], m["n_sa"], m["r_sum"], m["seen_lo"], m["seen_hi"], m["terminal_seen"],
-                         m["r_max"], s, a, k, s2, r, terminated)
+        for m in (dense, banded):
+            model_update(m.counts, m.n_sa, m.r_sum, m.seen_lo, m.seen_hi, m.terminal_seen, m.r_max,
+                         s, a, s2 - m.lo[s, a], s2, r, terminated)
         counts[s, a, s2] += 1
         rewards[(s, a)].append(r)
         terminal |= {s2} if terminated else set()
-    np.testing.assert_array_equal(dense["counts"], counts)
-    np.testing.assert_array_equal(dense["n_sa"], counts.sum(axis=2))
-    assert dense["terminal_seen"].tolist() == [s in terminal for s in range(n)]
+    np.testing.assert_array_equal(dense.counts, counts)
+    np.testing.assert_array_equal(dense.n_sa, counts.sum(axis=2))
+    assert dense.terminal_seen.tolist() == [s in terminal for s in range(n)]
     r_max = max(max(v) for v in rewards.values() if v)
-    assert dense["r_max"][0] == r_max
+    assert dense.r_max[0] == r_max
     order = rng.permutation(n)
-    v_dense, g_dense = plan(dense, np.zeros((n, n_actions), np.int32), 0.9, 0.05, 4, order)
-    v_band, g_band = plan(banded, lo, 0.9, 0.05, 4, order)
+    for m in (dense, banded):
+        model_plan(m, order, 0.9, 0.05, 4)
+    (v_dense, g_dense), (v_band, g_band) = (dense.values, dense.greedy), (banded.values, banded.greedy)
     v_ref, g_ref = python_plan(counts, rewards, terminal, r_max, 0.9, 0.05, 4, order)
     np.testing.assert_allclose(v_dense, v_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(v_band, v_ref, rtol=1e-12, atol=1e-12)
@@ -169,7 +166,7 @@ def test_learners_beat_random_on_small_tasks():
         for solver in (q, m):
             assert np.mean(play(task, solver, 20_000, seed)[-20:]) > np.mean(random_returns)
         assert greedy_score(task, q.q.argmax(axis=1)) > 0.15
-        assert greedy_score(task, m.greedy) > 0.8
+        assert greedy_score(task, m.model.greedy) > 0.8
 
 
 def test_solvers_are_seeded():

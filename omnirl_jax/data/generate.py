@@ -43,7 +43,7 @@ from anymdp_gym.planning import expected_rewards, optimal_q, row_windows
 from anymdp_gym.sampling import CBANDIT_REWARDS, sample_contextual_bandit, sample_garnet_task, sample_task
 from anymdp_gym.task import Task
 from omnirl_jax.data import policies as pol
-from omnirl_jax.data.schema import TAG_ID
+from omnirl_jax.data.schema import TAG_ID, terminal_record_follows
 
 STEP_DTYPES = {
     "obs": np.dtype(np.uint16),
@@ -280,32 +280,36 @@ class EnvState(NamedTuple):
     last_tag: np.ndarray  # int64 [N] tag of the last action step
 
 
+StepRecords = NamedTuple("StepRecords", [(name, np.ndarray) for name in STEP_DTYPES])
+"""A chunk's records as ``_run`` writes them: the ``STEP_DTYPES`` fields, ``[n_sequences, n_steps]``."""
+
+
 @njit(cache=True)
-def _start(tables, env, st, prm, n_actions):
+def _start(tables, env, st, prm):
     for j in range(env.rng.shape[0]):
         s, o = reset_env(tables, j, env.rng)
         env.state[j], env.obs[j] = s, o
-        pol.init_sequence(st, prm, j, n_actions)
+        pol.init_sequence(st, prm, j)
 
 
 @njit(cache=True)
-def _run(tables, env, st, prm, n_actions, bandit, obs_out, action_out, label_out, reward_out, prompt_out, tag_out, end_out):
-    """Advance every sequence by ``obs_out.shape[1]`` records (the module doc's step schema).
+def _run(tables, env, st, prm, out):
+    """Advance every sequence by ``out.obs.shape[1]`` records (the module doc's step schema).
 
     A sequence's changing scalars live in locals for the chunk and are stored back at its end.
     """
-    n_steps = obs_out.shape[1]
-    null = n_actions
+    n_steps = out.obs.shape[1]
+    null = tables.rows.shape[2]  # the null action: id n_actions
     label_k = prm.label_oracle
-    learn_q, learn_model = prm.learn_q, prm.learn_model
     agent_rng, env_rng = st.agent_rng, env.rng
+    obs_out, action_out, label_out, reward_out, prompt_out, tag_out, end_out = out
     for j in range(obs_out.shape[0]):
-        oracle, q, greedy, weights = st.oracle[j], st.q[j], st.greedy[j], st.weights[j]
+        ag = pol.agent(st, j)
+        q, q_alpha, q_gamma, window_lo = st.q[j], st.q_alpha[j], st.q_gamma[j], st.window_lo[j]
         counts, n_sa, r_sum, seen_lo, seen_hi = st.counts[j], st.n_sa[j], st.r_sum[j], st.seen_lo[j], st.seen_hi[j]
-        terminal_seen, r_max, window_lo = st.terminal_seen[j], st.r_max[j], st.window_lo[j]
-        noisy_oracle, mix_oracle, drift = st.noisy_oracle[j], st.mix_oracle[j], st.drift[j]
-        q_alpha, q_gamma = st.q_alpha[j], st.q_gamma[j]
+        terminal_seen, r_max = st.terminal_seen[j], st.r_max[j]
         max_steps = tables.max_steps[j]
+        one_step = max_steps == 1  # Task.one_step
         s, o, episode_step = env.state[j], env.obs[j], env.episode_step[j]
         pending, last_tag = env.pending_terminal[j], env.last_tag[j]
         policy, since_plan = st.policy[j], st.since_plan[j]
@@ -325,23 +329,22 @@ def _run(tables, env, st, prm, n_actions, bandit, obs_out, action_out, label_out
                 episode_step = 0
                 policy, hide_episode, since_plan = pol.begin_episode(st, prm, j, False, policy, since_plan)
                 continue
-            a, tag = pol.act(policy, s, sched, n_actions, agent_rng, j, oracle, q, greedy, weights,
-                             noisy_oracle, mix_oracle, drift)
+            a, tag = pol.act(ag, policy, s, sched, agent_rng, j)
             if hide_sequence or hide_episode:
                 tag = pol.TAG_UNK
             s2, o2, r, _, terminated = step_env(tables, j, s, a, env_rng)
-            pol.learn(s, a, r, s2, terminated, bandit, learn_q, q, q_alpha, q_gamma,
-                      learn_model, counts, n_sa, r_sum, seen_lo, seen_hi, terminal_seen, r_max, window_lo)
+            pol.learn(s, a, r, s2, terminated, one_step, prm.learn_q, q, q_alpha, q_gamma, prm.learn_model,
+                      counts, n_sa, r_sum, seen_lo, seen_hi, terminal_seen, r_max, window_lo)
             sched = pol.advance(sched, factors)
             since_plan += 1
             action_out[j, t] = a
-            label_out[j, t] = oracle[label_k, s]
+            label_out[j, t] = ag.oracle[label_k, s]
             reward_out[j, t] = r
             tag_out[j, t] = tag
             last_tag = tag
             s, o = s2, o2
             episode_step += 1
-            if terminated and not bandit:  # the next record is the terminal one (module doc)
+            if terminal_record_follows(terminated, max_steps):
                 pending = True
                 end_out[j, t] = False
             elif terminated or episode_step >= max_steps:
@@ -401,7 +404,7 @@ class SequenceGenerator:
             last_tag=np.full(n_seq, TAG_ID["unk"], np.int64),
         )
         self._params = config.policy_params()
-        _start(self.tables, self._env, self._state, self._params, config.n_actions)
+        _start(self.tables, self._env, self._state, self._params)
 
     def run(self, n_steps: int) -> dict[str, np.ndarray]:
         """The next ``n_steps`` records of every sequence: ``STEP_DTYPES`` fields, ``[n_seq, n_steps]``."""
@@ -410,11 +413,10 @@ class SequenceGenerator:
         if self.steps_done + n_steps > self.config.seq_len:
             raise ValueError(f"run({n_steps}) after {self.steps_done} steps passes seq_len={self.config.seq_len}")
         shape = (self.sequence_ids.size, int(n_steps))
-        out = {name: np.empty(shape, dtype) for name, dtype in STEP_DTYPES.items()}
-        _run(self.tables, self._env, self._state, self._params, self.config.n_actions, self.tasks[0].one_step, out["obs"], out["action"],
-             out["label"], out["reward"], out["prompt"], out["tag"], out["episode_end"])
+        out = StepRecords(**{name: np.empty(shape, dtype) for name, dtype in STEP_DTYPES.items()})
+        _run(self.tables, self._env, self._state, self._params, out)
         self.steps_done += int(n_steps)
-        return out
+        return out._asdict()
 
     @property
     def last_obs(self) -> np.ndarray:

@@ -39,9 +39,10 @@ Decisions where the spec is silent (as we would want them as RL researchers):
   not knowledge). The generator therefore serves MDP families (AnyMDP, GARNET).
 
 Inside a chunk the generator keeps a sequence's changing scalars (policy, tag hiding, noise
-schedule) in locals and passes the per-step kernels the sequence's arrays one by one: stores
-into the batch arrays would otherwise force reloads, and a tuple of arrays passed to an inlined
-kernel costs reference counting on each of its arrays at every step.
+schedule) in locals, since stores into the batch arrays would force reloads, and takes the
+sequence's views once: ``act`` reads them as an ``Agent`` bundle (as fast as loose arrays,
+measured), ``learn`` one by one (through a bundle it slowed generation by 10-25 %, measured:
+see ``solvers.model_update``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from anymdp_gym.planning import row_windows
 from anymdp_gym.solvers import (
     argmax_row,
     fires,
+    CountModel,
     halving_factor,
     model_plan,
     model_update,
@@ -134,6 +136,19 @@ class BehaviourState(NamedTuple):
     n_active: np.ndarray  # int64 [N]
     weights: np.ndarray  # float64 [N, n, A] exp(logits) of random_drift
     drift: np.ndarray  # float64 [N]
+
+
+class Agent(NamedTuple):
+    """Sequence ``j``'s arrays and fixed draws that ``act`` reads, as views into a
+    ``BehaviourState`` (``agent(st, j)``), taken once per chunk."""
+
+    oracle: np.ndarray  # uint8 [4, n]
+    q: np.ndarray  # float32 [n, A]
+    greedy: np.ndarray  # int64 [n] greedy action of the count model
+    weights: np.ndarray  # float64 [n, A]
+    noisy_oracle: int
+    mix_oracle: int
+    drift: float
 
 
 def allocate(n_seq: int, n: int, n_actions: int, width: int) -> BehaviourState:
@@ -223,10 +238,24 @@ def advance(sched, d):
     return sched[0] * d[0], sched[1] * d[1], sched[2] * d[2], sched[3] * d[3]
 
 
+@njit(cache=True, inline="always")
+def count_model(st, j):
+    """Sequence ``j``'s count model, as views into ``st``."""
+    return CountModel(st.counts[j], st.n_sa[j], st.r_sum[j], st.seen_lo[j], st.seen_hi[j], st.terminal_seen[j],
+                      st.r_max[j], st.window_lo[j], st.values[j], st.greedy[j])
+
+
+@njit(cache=True, inline="always")
+def agent(st, j):
+    """Sequence ``j``'s ``Agent``."""
+    return Agent(st.oracle[j], st.q[j], st.greedy[j], st.weights[j], st.noisy_oracle[j], st.mix_oracle[j], st.drift[j])
+
+
 @njit(cache=True)
-def init_sequence(st, prm, j, n_actions):
+def init_sequence(st, prm, j):
     """Draw sequence ``j``'s hyper-parameters, whole-sequence tag hiding and first episode."""
     rng = st.agent_rng
+    n_actions = st.weights.shape[2]
     for col in range(3):
         st.schedule[j, col] = _between(prm.noise_lo, prm.noise_hi, rng, j)
         st.decay[j, col] = _halving_factor(prm, rng, j)
@@ -265,9 +294,7 @@ def begin_episode(st, prm, j, first, policy, since_plan):
     hide = fires(prm.hide_episode_prob, rng, j)
     n = st.n_active[j]
     if (policy == _MB or policy == _MBO) and since_plan >= n:
-        model_plan(st.counts[j], st.n_sa[j], st.r_sum[j], st.window_lo[j], st.seen_lo[j], st.seen_hi[j],
-                   st.terminal_seen[j], st.r_max[j], st.order[j, :n], st.m_gamma[j], prm.mbrl_c, prm.mbrl_sweeps,
-                   st.values[j], st.greedy[j])
+        model_plan(count_model(st, j), st.order[j, :n], st.m_gamma[j], prm.mbrl_c, prm.mbrl_sweeps)
         since_plan = 0
     return policy, hide, since_plan
 
@@ -300,34 +327,32 @@ def _drifting_softmax(weights, scale, rng, j):
 
 
 @njit(cache=True, inline="always")
-def act(policy, s, sched, n_actions, rng, j, oracle, q, greedy, weights, noisy_oracle, mix_oracle, drift):
-    """Behaviour action in internal state ``s`` and the tag of the component that chose it.
-
-    Arguments are sequence ``j``'s arrays (``st.oracle[j]``, ...) and constants, taken once per
-    chunk by the caller: an inlined kernel taking the whole state tuple pays reference counting
-    on every array in it at every step.
-    """
+def act(ag, policy, s, sched, rng, j):
+    """Behaviour action of agent ``ag`` (sequence ``j``) in internal state ``s`` and the tag of the
+    component that chose it."""
+    n_actions = ag.q.shape[1]
+    oracle = ag.oracle
     if policy < _N_ORACLES:
         return np.int64(oracle[policy, s]), policy
     if policy == _NOISY:
-        a, explored = _noisy(sched[0], oracle[noisy_oracle, s], n_actions, rng, j)
-        return a, _TAG_RND if explored else noisy_oracle
+        a, explored = _noisy(sched[0], oracle[ag.noisy_oracle, s], n_actions, rng, j)
+        return a, _TAG_RND if explored else ag.noisy_oracle
     if policy == _QL:
-        a, _ = _noisy(sched[1], argmax_row(q[s]), n_actions, rng, j)
+        a, _ = _noisy(sched[1], argmax_row(ag.q[s]), n_actions, rng, j)
         return a, _TAG_EXP2
     if policy == _MBO and fires(1.0 - sched[3], rng, j):
-        return np.int64(oracle[mix_oracle, s]), mix_oracle
+        return np.int64(oracle[ag.mix_oracle, s]), ag.mix_oracle
     if policy == _MB or policy == _MBO:
-        a, _ = _noisy(sched[2], greedy[s], n_actions, rng, j)
+        a, _ = _noisy(sched[2], ag.greedy[s], n_actions, rng, j)
         return a, _TAG_EXP1
-    return np.int64(_drifting_softmax(weights[s], drift, rng, j)), _TAG_RND
+    return np.int64(_drifting_softmax(ag.weights[s], ag.drift, rng, j)), _TAG_RND
 
 
 @njit(cache=True, inline="always")
 def learn(s, a, r, s2, terminated, bandit, learn_q, q, q_alpha, q_gamma,
           learn_model, counts, n_sa, r_sum, seen_lo, seen_hi, terminal_seen, r_max, window_lo):
-    """Feed one transition to the learners whose arrays are passed (as in ``act``); each is
-    skipped when no policy of the mixture uses it.
+    """Feed one transition to the learners whose arrays are passed (one by one, module doc); each
+    is skipped when no policy of the mixture uses it.
 
     A ``bandit`` pull (``Task.one_step``) ends its episode wherever it lands. Q-learning's
     target is then the reward alone. The count model must not mark that state terminal, or
