@@ -117,6 +117,13 @@ def check_reset_options(options: Optional[dict], sampler: Optional[TaskSampler])
     return options
 
 
+def check_fits(task: Task, n_obs: int, n_actions: int) -> None:
+    """A one-line error unless ``task`` fits an env's spaces. Shared by every env (gymnax too)."""
+    if task.n_obs != n_obs or task.n_actions != n_actions:
+        raise ValueError(f"task has {task.n_obs} observations and {task.n_actions} actions; "
+                         f"this env's spaces need {n_obs} and {n_actions}")
+
+
 def _check_positive_ints(**values) -> None:
     for name, value in values.items():
         if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
@@ -230,11 +237,7 @@ class AnyMDPEnv(gym.Env):
 
     # ----------------------------------------------------------------- task handling
     def _install(self, task: Task) -> None:
-        if task.n_obs != self.observation_space.n or task.n_actions != self._n_actions:
-            raise ValueError(
-                f"task has {task.n_obs} observations and {task.n_actions} actions; "
-                f"this env's spaces need {self.observation_space.n} and {self._n_actions}"
-            )
+        check_fits(task, self.observation_space.n, self._n_actions)
         self.task = task
         self._tables = compile_tasks([task])
         self._values = oracle_values(task)

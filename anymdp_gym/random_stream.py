@@ -1,12 +1,10 @@
-"""Counter-based random streams for Numba kernels: SplitMix64 states advanced in place.
+"""Counter-based random streams for Numba kernels: SplitMix64 states ``rng[i]`` advanced in place.
 
-Why its own stream rather than NumPy's: a kernel draws from ``rng[i]``, a ``uint64`` in an array,
-so every env (or agent) of a compiled batch owns one stream, and a consumer (env, batched env,
-data generator, solver) replays the same numbers for the same seed whatever else runs beside it.
-``seed_streams`` derives those states from a ``numpy.random.Generator``, so every draw still
-flows from an explicit seed. Callers ``@njit(cache=True)`` in other files inline these kernels:
-Numba keys a cached function to its own source file, so after this file changes, delete their
-``__pycache__/*.nbi`` files (or they keep the old inlined copy).
+Why: every env or agent of a compiled batch owns a stream, so each consumer (env, batched env,
+generator, solver) replays the same numbers for the same seed, whatever runs beside it; states
+come from a ``numpy.random.Generator`` (``seed_streams``). Callers cached in other files inline
+these kernels: after this file changes, delete their ``__pycache__/*.nbi`` (Numba keys a cache to
+its own file).
 """
 
 from __future__ import annotations

@@ -99,6 +99,15 @@ class CountModel(NamedTuple):
     values: np.ndarray  # float64 [n], written by ``model_plan``
     greedy: np.ndarray  # int64 [n] greedy action, written by ``model_plan``
 
+    @classmethod
+    def empty(cls, n: int, n_actions: int, width: int, lo=None) -> "CountModel":
+        """Nothing counted yet; ``lo`` (default 0: dense rows, ``width == n``) as in the class doc."""
+        shape = (n, n_actions)
+        return cls(np.zeros(shape + (width,), np.int32), np.zeros(shape, np.int32), np.zeros(shape),
+                   np.full(shape, width, np.int32), np.zeros(shape, np.int32), np.zeros(n, np.bool_),
+                   np.full(1, -np.inf), np.zeros(shape, np.int32) if lo is None else lo, np.zeros(n),
+                   np.zeros(n, np.int64))
+
 
 @njit(cache=True, inline="always")
 def model_update(counts, n_sa, r_sum, seen_lo, seen_hi, terminal_seen, r_max, s, a, k, s2, r, terminated):
@@ -273,18 +282,7 @@ class ModelBasedSolver(_Noisy):
             raise ValueError(f"sweeps must be >= 1, got {sweeps}")
         n = int(n_obs)
         self.gamma, self.c, self.sweeps = float(gamma), float(c), int(sweeps)
-        self.model = CountModel(
-            counts=np.zeros((n, self.n_actions, n), np.int32),
-            n_sa=np.zeros((n, self.n_actions), np.int32),
-            r_sum=np.zeros((n, self.n_actions)),
-            seen_lo=np.full((n, self.n_actions), n, np.int32),
-            seen_hi=np.zeros((n, self.n_actions), np.int32),
-            terminal_seen=np.zeros(n, np.bool_),
-            r_max=np.full(1, -np.inf),
-            lo=np.zeros((n, self.n_actions), np.int32),  # dense rows: column k is state k
-            values=np.zeros(n),
-            greedy=np.zeros(n, np.int64),
-        )
+        self.model = CountModel.empty(n, self.n_actions, n)
         self._order = np.arange(n)
 
     def act(self, obs: int) -> int:

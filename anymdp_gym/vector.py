@@ -29,7 +29,7 @@ from gymnasium.vector.utils import batch_space
 
 from anymdp_gym import render
 from anymdp_gym.dynamics import BatchEnvs, BatchSteps, compile_tasks, reset_batch, step_batch
-from anymdp_gym.env import AnyMDPEnv, as_task, check_reset_options, draw_task_and_stream, oracle_values
+from anymdp_gym.env import AnyMDPEnv, as_task, check_fits, check_reset_options, draw_task_and_stream, oracle_values
 from anymdp_gym.task import Task
 
 
@@ -59,13 +59,8 @@ class AnyMDPVectorEnv(VectorEnv):
         self._envs = BatchEnvs(states=np.zeros(n, np.int64), steps=np.zeros(n, np.int64), rng=np.zeros(n, np.uint64))
 
     def _install(self, tasks: list[Task]) -> None:
-        n_obs, n_actions = self.single_observation_space.n, self.single_action_space.n
         for task in tasks:
-            if task.n_obs != n_obs or task.n_actions != n_actions:
-                raise ValueError(
-                    f"task has {task.n_obs} observations and {task.n_actions} actions; "
-                    f"this env's spaces need {n_obs} and {n_actions}"
-                )
+            check_fits(task, self.single_observation_space.n, self.single_action_space.n)
         self.tasks = tasks
         self._tables = compile_tasks(tasks)
         self._values = np.zeros(self._tables.ends.shape)

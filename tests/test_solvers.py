@@ -55,27 +55,11 @@ def python_plan(counts, rewards, terminal, r_max, gamma, c, sweeps, order):
     return v, greedy
 
 
-def count_model(n, n_actions, width, lo):
-    return CountModel(
-        counts=np.zeros((n, n_actions, width), np.int32),
-        n_sa=np.zeros((n, n_actions), np.int32),
-        r_sum=np.zeros((n, n_actions)),
-        seen_lo=np.full((n, n_actions), width, np.int32),
-        seen_hi=np.zeros((n, n_actions), np.int32),
-        terminal_seen=np.zeros(n, np.bool_),
-        r_max=np.full(1, -np.inf),
-        lo=lo,
-        values=np.zeros(n),
-        greedy=np.zeros(n, np.int64),
-    )
-
-
 def test_model_update_and_plan_match_python_in_dense_and_banded_layouts():
     rng = np.random.default_rng(1)
     n, n_actions, band = 9, 3, 3
     lo = np.repeat(np.maximum(np.arange(n) - band, 0)[:, None], n_actions, axis=1).astype(np.int32)
-    dense = count_model(n, n_actions, n, np.zeros((n, n_actions), np.int32))
-    banded = count_model(n, n_actions, 2 * band + 1, lo)
+    dense, banded = CountModel.empty(n, n_actions, n), CountModel.empty(n, n_actions, 2 * band + 1, lo)
     counts = np.zeros((n, n_actions, n))
     rewards = {(s, a): [] for s in range(n) for a in range(n_actions)}
     terminal = set()

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from gymnax.environments import environment, spaces
 from gymnax.wrappers.purerl import GymnaxWrapper
 
+from anymdp_gym.env import check_fits
 from anymdp_gym.jax import dynamics
 from anymdp_gym.jax.dynamics import EnvParams, EnvState
 from anymdp_gym.sampling import check_sizes, sample_garnet_task, sample_task
@@ -68,11 +69,7 @@ class AnyMDP(environment.Environment):
         for task in batch:
             if not isinstance(task, Task):
                 raise ValueError(f"tasks must be anymdp_gym.Task objects, got {type(task).__name__}")
-            if task.n_obs != self.n_states or task.n_actions != self.n_actions:
-                raise ValueError(
-                    f"task has {task.n_obs} observations and {task.n_actions} actions; "
-                    f"this env's spaces need {self.n_states} and {self.n_actions}"
-                )
+            check_fits(task, self.n_states, self.n_actions)
         return dynamics.from_task(tasks) if isinstance(tasks, Task) else dynamics.from_tasks(batch)
 
     @functools.cached_property

@@ -304,12 +304,12 @@ def _run(tables, env, st, prm, out):
     agent_rng, env_rng = st.agent_rng, env.rng
     obs_out, action_out, label_out, reward_out, prompt_out, tag_out, end_out = out
     for j in range(obs_out.shape[0]):
-        ag = pol.agent(st, j)
+        ag = pol.Agent(st.oracle[j], st.q[j], st.greedy[j], st.weights[j], st.noisy_oracle[j], st.mix_oracle[j],
+                       st.drift[j])
         q, q_alpha, q_gamma, window_lo = st.q[j], st.q_alpha[j], st.q_gamma[j], st.window_lo[j]
         counts, n_sa, r_sum, seen_lo, seen_hi = st.counts[j], st.n_sa[j], st.r_sum[j], st.seen_lo[j], st.seen_hi[j]
         terminal_seen, r_max = st.terminal_seen[j], st.r_max[j]
         max_steps = tables.max_steps[j]
-        one_step = max_steps == 1  # Task.one_step
         s, o, episode_step = env.state[j], env.obs[j], env.episode_step[j]
         pending, last_tag = env.pending_terminal[j], env.last_tag[j]
         policy, since_plan = st.policy[j], st.since_plan[j]
@@ -333,7 +333,7 @@ def _run(tables, env, st, prm, out):
             if hide_sequence or hide_episode:
                 tag = pol.TAG_UNK
             s2, o2, r, _, terminated = step_env(tables, j, s, a, env_rng)
-            pol.learn(s, a, r, s2, terminated, one_step, prm.learn_q, q, q_alpha, q_gamma, prm.learn_model,
+            pol.learn(s, a, r, s2, terminated, max_steps == 1, prm.learn_q, q, q_alpha, q_gamma, prm.learn_model,
                       counts, n_sa, r_sum, seen_lo, seen_hi, terminal_seen, r_max, window_lo)
             sched = pol.advance(sched, factors)
             since_plan += 1

@@ -140,7 +140,7 @@ class BehaviourState(NamedTuple):
 
 class Agent(NamedTuple):
     """Sequence ``j``'s arrays and fixed draws that ``act`` reads, as views into a
-    ``BehaviourState`` (``agent(st, j)``), taken once per chunk."""
+    ``BehaviourState`` taken once per chunk."""
 
     oracle: np.ndarray  # uint8 [4, n]
     q: np.ndarray  # float32 [n, A]
@@ -238,19 +238,6 @@ def advance(sched, d):
     return sched[0] * d[0], sched[1] * d[1], sched[2] * d[2], sched[3] * d[3]
 
 
-@njit(cache=True, inline="always")
-def count_model(st, j):
-    """Sequence ``j``'s count model, as views into ``st``."""
-    return CountModel(st.counts[j], st.n_sa[j], st.r_sum[j], st.seen_lo[j], st.seen_hi[j], st.terminal_seen[j],
-                      st.r_max[j], st.window_lo[j], st.values[j], st.greedy[j])
-
-
-@njit(cache=True, inline="always")
-def agent(st, j):
-    """Sequence ``j``'s ``Agent``."""
-    return Agent(st.oracle[j], st.q[j], st.greedy[j], st.weights[j], st.noisy_oracle[j], st.mix_oracle[j], st.drift[j])
-
-
 @njit(cache=True)
 def init_sequence(st, prm, j):
     """Draw sequence ``j``'s hyper-parameters, whole-sequence tag hiding and first episode."""
@@ -294,7 +281,9 @@ def begin_episode(st, prm, j, first, policy, since_plan):
     hide = fires(prm.hide_episode_prob, rng, j)
     n = st.n_active[j]
     if (policy == _MB or policy == _MBO) and since_plan >= n:
-        model_plan(count_model(st, j), st.order[j, :n], st.m_gamma[j], prm.mbrl_c, prm.mbrl_sweeps)
+        model = CountModel(st.counts[j], st.n_sa[j], st.r_sum[j], st.seen_lo[j], st.seen_hi[j], st.terminal_seen[j],
+                           st.r_max[j], st.window_lo[j], st.values[j], st.greedy[j])
+        model_plan(model, st.order[j, :n], st.m_gamma[j], prm.mbrl_c, prm.mbrl_sweeps)
         since_plan = 0
     return policy, hide, since_plan
 

@@ -44,11 +44,7 @@ ROW_FIELDS = {"offset": np.int64, "reset": np.bool_}
 
 @register_jitable
 def terminal_record_follows(terminated, max_steps):
-    """Whether a step's arrival observation is recorded next as its own terminal record (null
-    action, reward 0, label null, the step's tag): on termination, except in a one-step task
-    (``max_steps == 1``: a bandit pull, whose sequences hold pulls only), never on truncation.
-
-    The one statement of the rule: the generator (Numba), the evaluator's rollouts and the
-    offline contexts (JAX) all call it (plain Python on NumPy or JAX arrays, compiled in Numba).
-    """
+    """Whether a step's arrival is recorded next as its own terminal record (module doc): on
+    termination, except in a one-step task (``max_steps == 1``, a bandit). The one home of the
+    rule: the Numba generator and the JAX rollouts call it alike."""
     return terminated & (max_steps > 1)
