@@ -21,7 +21,7 @@ the world model an in-context policy can build on (it may beat both: it can lear
 prior, which counting ignores). ``ln S`` is knowing nothing.
 
     python benchmarks/world_model_probe.py                          # configs/ladder/anymdp-16.yaml, 300 steps
-    python benchmarks/world_model_probe.py --set model.mixer=swa model.window=768
+    python benchmarks/world_model_probe.py --set model.mixer=delta
     python benchmarks/world_model_probe.py --set "data.generator.policy_weights={random_drift: 1.0}"
 """
 

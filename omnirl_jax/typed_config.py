@@ -43,12 +43,6 @@ def read_mapping(path: str) -> dict:
     return raw
 
 
-def load_yaml(cls: type[T], path: str, overrides: typing.Sequence[str] = ()) -> T:
-    """Reads a YAML file (with its ``base``, see ``read_with_base``), applies ``key=value``
-    overrides and builds ``cls`` from it."""
-    return from_dict(cls, apply_overrides(read_with_base(path), overrides))
-
-
 def read_with_base(path: str, _seen: tuple = ()) -> dict:
     """The mapping of a YAML file whose optional top-level ``base: other.yaml`` (relative to the
     file) names a config it changes: the base's mapping, with this file's keys merged into it

@@ -76,7 +76,7 @@ def test_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model:\n  n_layers: 2\ntrain:\n  steps: 10\n")
     cfg = load_config(str(path), ["model.n_layers=3", "optim.lr=2e-4", "data.generator.max_states=[16, 32]",
-                                  "checkpoint.best_metric=loss", "model.mixer=swa"])
+                                  "checkpoint.best_metric=loss", "model.mixer=delta"])
     assert cfg.model.n_layers == 3 and cfg.optim.lr == 2e-4 and cfg.train.steps == 10
     assert cfg.data.generator == {"max_states": [16, 32]} and cfg.checkpoint.best_metric == "loss"
     raw = {"a": {"b": 1}}
