@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Optional, Sequence
 
+from omnirl_jax.data.generate import GeneratorConfig
 from omnirl_jax.typed_config import ConfigError, apply_overrides, from_dict, read_with_base
 
 @dataclasses.dataclass
@@ -78,16 +79,12 @@ class DataConfig:
     source: Literal["generate", "shards"] = "generate"
     path: Optional[str] = None
     """Shard directory (source 'shards')."""
-    n_states: int = 16
-    """Observation vocabulary size."""
-    n_actions: int = 5
-    """Real actions; the action vocabulary has one more id, the null action ``n_actions``."""
-    seq_len: int = 2048
-    """Steps per sequence."""
     workers: int = 1
     """Background generator processes (source 'generate'); 0 generates in the trainer process."""
-    generator: dict = dataclasses.field(default_factory=dict)
-    """Passed through to the generator unchanged."""
+    generator: GeneratorConfig = dataclasses.field(default_factory=GeneratorConfig)
+    """The sequences: their sizes (``n_states``, the model's observation vocabulary; ``n_actions``,
+    whose id ``n_actions`` is the null action; ``seq_len``), checked against the manifest with
+    source 'shards', and how they are generated with source 'generate'."""
 
 
 @dataclasses.dataclass
@@ -196,6 +193,8 @@ class Config:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
+MOVED_DATA_KEYS = ("n_states", "n_actions", "seq_len")
+"""Keys of ``data`` that moved into ``data.generator`` (issue 29)."""
 RETIRED_MODEL_KEYS = {"mlp_ratio": 4, "gate_temperature": 16.0, "window": 320, "dropout": 0.0}
 """Model options that no config set, removed (issue 29), at the one value they ever had."""
 
@@ -204,7 +203,14 @@ def upgrade(raw: dict) -> dict:
     """``raw`` in the current layout. Why: configs written before issue 29 (a run's ``config.yaml``,
     an exported model's) keep loading; a removed model option set to anything but its one value
     fails with one line."""
-    model = raw.get("model")
+    data, model = raw.get("data"), raw.get("model")
+    if isinstance(data, dict) and isinstance(data.get("generator") or {}, dict):
+        generator = data["generator"] = data.get("generator") or {}
+        for key in MOVED_DATA_KEYS:
+            if key in data:
+                if key in generator:
+                    raise ConfigError(f"config key 'data.{key}': set data.generator.{key} only (it moved there)")
+                generator[key] = data.pop(key)
     for key, value in RETIRED_MODEL_KEYS.items():
         if isinstance(model, dict) and key in model and model.pop(key) != value:
             raise ConfigError(f"config key 'model.{key}': removed (every config used {value})")
@@ -214,6 +220,9 @@ def upgrade(raw: dict) -> dict:
 def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
     """Loads (with the YAML's ``base``), upgrades (``upgrade``), overrides and validates a config;
     raises ConfigError with a one-line message."""
+    moved = [f"data.{key}" for key in MOVED_DATA_KEYS]  # --set data.n_states=8, as before issue 29
+    overrides = [item.replace("data.", "data.generator.", 1) if item.partition("=")[0] in moved else item
+                 for item in overrides]
     cfg = from_dict(Config, apply_overrides(upgrade(read_with_base(path)), overrides))
     validate(cfg)
     return cfg
@@ -224,9 +233,7 @@ def validate(cfg: Config) -> None:
     m, d, t, o = cfg.model, cfg.data, cfg.train, cfg.optim
     positive = {
         "model.d_model": m.d_model, "model.n_layers": m.n_layers, "model.n_heads": m.n_heads,
-        "model.chunk_size": m.chunk_size,
-        "data.n_states": d.n_states, "data.n_actions": d.n_actions, "data.seq_len": d.seq_len,
-        "train.steps": t.steps, "train.batch_size": t.batch_size,
+        "model.chunk_size": m.chunk_size, "train.steps": t.steps, "train.batch_size": t.batch_size,
         "train.segment_len": t.segment_len, "train.log_every": t.log_every,
         "optim.accumulate": o.accumulate, "checkpoint.every": cfg.checkpoint.every,
         "checkpoint.keep": cfg.checkpoint.keep, "mesh.model": cfg.mesh.model,
@@ -248,6 +255,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'model.head_dim': must be >= 0 (0: d_model // n_heads), got {m.head_dim}")
     if m.head_dim == 0 and m.d_model % m.n_heads:
         raise ConfigError(f"config key 'model.d_model': {m.d_model} is not divisible by model.n_heads={m.n_heads}")
+    try:
+        d.generator.validate()
+    except ValueError as e:
+        raise ConfigError(f"config key 'data.generator': {e}") from None
     if d.source == "shards" and not d.path:
         raise ConfigError("config key 'data.path': required when data.source is 'shards'")
     if o.lr <= 0 or o.clip_norm <= 0:

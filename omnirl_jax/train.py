@@ -98,7 +98,7 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
 
 
 def build_model(cfg: Config, rngs: nnx.Rngs) -> OmniRL:
-    return OmniRL(cfg.model, n_states=cfg.data.n_states, n_actions=cfg.data.n_actions,
+    return OmniRL(cfg.model, n_states=cfg.data.generator.n_states, n_actions=cfg.data.generator.n_actions,
                   behaviour_head=cfg.loss.behaviour > 0, rngs=rngs)
 
 
@@ -108,7 +108,7 @@ def make_loss_fn(graphdef, cfg: Config) -> Callable:
     def loss_fn(params, carry, batch):
         model = nnx.merge(graphdef, params)
         outputs, carry = model(batch, carry)
-        loss, metrics = compute_losses(outputs, batch, cfg.loss, cfg.data.n_actions)
+        loss, metrics = compute_losses(outputs, batch, cfg.loss, cfg.data.generator.n_actions)
         return loss, (metrics, carry)
 
     return loss_fn

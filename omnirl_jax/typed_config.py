@@ -3,7 +3,7 @@
 Why: a typo or a wrong type in a config should fail at start with one line that names the dotted
 key, not hours later inside a jitted function. Supported field types: nested dataclasses, ``int``,
 ``float`` (ints and numeric strings such as ``2e-4`` accepted), ``bool``, ``str``, ``Literal[...]``, ``Optional[X]``, ``list[X]``,
-``dict[str, X]`` and a bare ``dict`` (free-form, passed through unchecked).
+``tuple[X, Y]`` (a list of that length), ``dict[str, X]`` and a bare ``dict`` (free-form, passed through unchecked).
 """
 
 from __future__ import annotations
@@ -123,6 +123,11 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{_name(key)}: expected a list, got {_describe(value)}")
         (item_tp,) = typing.get_args(tp)
         return [_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        items = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(items):
+            raise ConfigError(f"{_name(key)}: expected a list of {len(items)}, got {_describe(value)}")
+        return tuple(_convert(item_tp, v, f"{key}[{i}]") for i, (item_tp, v) in enumerate(zip(items, value)))
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{_name(key)}: expected a mapping, got {_describe(value)}")

@@ -26,7 +26,7 @@ def tiny_config(**checkpoint) -> Config:
         mesh=MeshConfig(data=1, model=1),
         checkpoint=CheckpointConfig(every=3, keep=2, **checkpoint),
     )
-    cfg.data.n_states = N_STATES
+    cfg.data.generator.n_states = N_STATES
     cfg.optim.warmup_steps = 2
     return cfg
 
