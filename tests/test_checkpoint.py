@@ -221,11 +221,11 @@ def test_checkpoint_of_the_former_layout_restores(tmp_path):
         rng: jax.Array
         carry: tuple
 
-    cfg = tiny_config()
+    cfg = tiny_config(async_save=False)
     cfg.model.reward_zscore, cfg.model.token_conv = True, 4  # every optional part of the carry
     setup = Setup.create(cfg, sharding.make_mesh(cfg.mesh, jax.devices()[:1]))
-    state = setup.init_state()
-    state = state.replace(carry=jax.tree.map(lambda x: x + 1.0, state.carry))
+    leaves = iter(range(1, 10**6))  # distinct values, so a part restored into another's place shows
+    state = jax.tree.map(lambda x: jnp.full(x.shape, next(leaves), x.dtype), setup.abstract_state)
     former = FormerState(state.step, state.params, state.opt_state, jnp.ones(2, jnp.uint32), tuple(jax.tree.leaves(state.carry)))
     checkpointer = Checkpointer(tmp_path, cfg.checkpoint)
     checkpointer.save(3, former, {"index": 3})
