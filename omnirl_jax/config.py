@@ -233,7 +233,9 @@ def validate(cfg: Config) -> None:
     m, d, t, o = cfg.model, cfg.data, cfg.train, cfg.optim
     positive = {
         "model.d_model": m.d_model, "model.n_layers": m.n_layers, "model.n_heads": m.n_heads,
-        "model.chunk_size": m.chunk_size, "train.steps": t.steps, "train.batch_size": t.batch_size,
+        "model.chunk_size": m.chunk_size, "data.generator.n_states": d.generator.n_states,
+        "data.generator.n_actions": d.generator.n_actions, "data.generator.seq_len": d.generator.seq_len,
+        "train.steps": t.steps, "train.batch_size": t.batch_size,
         "train.segment_len": t.segment_len, "train.log_every": t.log_every,
         "optim.accumulate": o.accumulate, "checkpoint.every": cfg.checkpoint.every,
         "checkpoint.keep": cfg.checkpoint.keep, "mesh.model": cfg.mesh.model,
@@ -255,10 +257,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'model.head_dim': must be >= 0 (0: d_model // n_heads), got {m.head_dim}")
     if m.head_dim == 0 and m.d_model % m.n_heads:
         raise ConfigError(f"config key 'model.d_model': {m.d_model} is not divisible by model.n_heads={m.n_heads}")
-    try:
-        d.generator.validate()
-    except ValueError as e:
-        raise ConfigError(f"config key 'data.generator': {e}") from None
     if d.source == "shards" and not d.path:
         raise ConfigError("config key 'data.path': required when data.source is 'shards'")
     if o.lr <= 0 or o.clip_norm <= 0:

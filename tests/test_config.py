@@ -93,7 +93,7 @@ def test_overrides(tmp_path):
         ("model.token_conv=-2", "'model.token_conv': must be >= 0"),
         ("data.generator.telepathy=1", "unknown config key 'data.generator.telepathy'"),
         ("data.generator.halflife_range=[1]", "'data.generator.halflife_range': expected a list of 2"),
-        ("data.generator.n_states=4", "'data.generator': GeneratorConfig.n_states: must be"),
+        ("data.generator.n_states=0", "'data.generator.n_states': must be positive"),
     ]:
         with pytest.raises(ConfigError, match=None) as err:
             load_config(str(path), [bad])
