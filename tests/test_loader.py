@@ -44,7 +44,7 @@ def shard_cfg(path, **kw):
 
 def gen_cfg(workers, **kw):
     return DataConfig(source="generate", workers=workers, generator=GeneratorConfig(
-        n_states=16, seq_len=SEQ_LEN, policy_weights={"qlearning": 1.0, "opt3": 1.0}, **kw))
+        **{"n_states": 16, "seq_len": SEQ_LEN, "policy_weights": {"qlearning": 1.0, "opt3": 1.0}, **kw}))
 
 
 def take(loader, n):
