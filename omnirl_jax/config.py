@@ -10,7 +10,7 @@ import dataclasses
 from typing import Literal, Optional, Sequence
 
 from omnirl_jax.data.generate import GeneratorConfig
-from omnirl_jax.typed_config import ConfigError, apply_overrides, from_dict, read_with_base
+from omnirl_jax.typed_config import ConfigError, apply_overrides, from_dict, read_with_base, to_dict
 
 @dataclasses.dataclass
 class ModelConfig:
@@ -215,6 +215,13 @@ def upgrade(raw: dict) -> dict:
         if isinstance(model, dict) and key in model and model.pop(key) != value:
             raise ConfigError(f"config key 'model.{key}': removed (every config used {value})")
     return raw
+
+
+def resolve(raw: dict) -> dict:
+    """A config mapping (a run's ``config.yaml``) as this version reads it, as a plain dict:
+    upgraded, every default filled in. Why: what changed since a run's last start is then what a
+    user changed, not how configs are written (``workdir``)."""
+    return to_dict(from_dict(Config, upgrade(raw)))
 
 
 def load_config(path: str, overrides: Sequence[str] = ()) -> Config:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from omnirl_jax import sharding
 from omnirl_jax.checkpoint import CheckpointError, Checkpointer
-from omnirl_jax.config import Config, OptimConfig
+from omnirl_jax.config import Config, OptimConfig, resolve
 from omnirl_jax.interrupt import Interrupted, StopRequest
 from omnirl_jax.losses import compute_losses
 from omnirl_jax.metrics import MetricsWriter
@@ -251,7 +251,7 @@ def train(
                 window = [{k: np.float32(v) for k, v in m.items()} for m in saved.get("log_window", [])]
                 say(f"resuming from step {start} of {checkpointer.directory}")
             if is_main:
-                run_dir.record_start(to_dict(cfg), start, say)
+                run_dir.record_start(to_dict(cfg), start, say, resolve=resolve)
             columns = step_metrics(cfg) + RATE_METRICS + (evaluator.columns() if evaluator else ())
             writer = MetricsWriter(workdir, start, columns, enabled=is_main)
             if start >= cfg.train.steps:

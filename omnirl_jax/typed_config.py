@@ -92,8 +92,9 @@ def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict:
 
 
 def to_dict(cfg: Any) -> dict:
-    """The plain-dict form of a config tree (for saving next to the run)."""
-    return dataclasses.asdict(cfg)
+    """The plain-dict form of a config tree (for saving next to the run), tuples as lists: as YAML
+    reads it back."""
+    return _deep_copy(dataclasses.asdict(cfg))
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
@@ -182,7 +183,7 @@ def _convert_dataclass(cls: Any, value: Any, key: str) -> Any:
 def _deep_copy(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_deep_copy(v) for v in value]
     return value
 

@@ -5,9 +5,10 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import pytest
+import yaml
 
-from omnirl_jax.config import Config, load_config
-from omnirl_jax.typed_config import ConfigError, apply_overrides, from_dict
+from omnirl_jax.config import Config, load_config, resolve
+from omnirl_jax.typed_config import ConfigError, apply_overrides, from_dict, to_dict
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -138,6 +139,8 @@ def test_configs_of_the_former_layout_load(tmp_path):
     path.write_text(former + "  generator:\n    q_alpha: 0.1\n")
     cfg = load_config(str(path))
     assert (cfg.data.generator.n_states, cfg.data.generator.seq_len, cfg.data.generator.q_alpha) == (8, 64, 0.1)
+    # A run's former config.yaml resolves as it loads, so a resume reports no change; today's too.
+    assert resolve(yaml.safe_load(path.read_text())) == to_dict(cfg) == resolve(to_dict(cfg))
     for text, message in [(former + "  generator:\n    n_states: 8\n", "'data.n_states': set data.generator.n_states only"),
                           (former.replace("mlp_ratio: 4", "mlp_ratio: 2"), "'model.mlp_ratio': removed")]:
         path.write_text(text)
