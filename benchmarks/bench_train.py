@@ -58,7 +58,7 @@ def time_training(cfg, n_segments: int, devices=None) -> dict:
     rng = np.random.default_rng(t.seed)
 
     def segment(i):
-        batch = random_segment(rng, t.batch_size, t.segment_len, i * t.segment_len, cfg.data.n_states, cfg.data.n_actions)
+        batch = random_segment(rng, t.batch_size, t.segment_len, i * t.segment_len, cfg.data.generator.n_states, cfg.data.generator.n_actions)
         return sharding.put_batch(batch, setup.mesh)
 
     batch = segment(0)

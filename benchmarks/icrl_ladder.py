@@ -137,7 +137,7 @@ def run_rung(rung: str, workdir, *, overrides: Sequence[str] = (), steps: Option
     log(f"rung {rung}: trained {cfg.train.steps} steps, {train_seconds / 60:.1f} min of training")
 
     suite = get_suite(r.suite)
-    common = dict(modes=["online"], n_tasks=n_tasks, steps=cfg.data.seq_len, window=min(suite.window, cfg.data.seq_len),
+    common = dict(modes=["online"], n_tasks=n_tasks, steps=cfg.data.generator.seq_len, window=min(suite.window, cfg.data.generator.seq_len),
                   seed=1, log=lambda *_: None)
     # The full budget is played with the suite's random, oracle and classic baselines in one report
     # (its PNG shows them together); PPO, which trains a network per task, is left to omnirl-eval.
@@ -176,9 +176,9 @@ def run_rung(rung: str, workdir, *, overrides: Sequence[str] = (), steps: Option
         f"reaches {r.baseline} at ~{cross:.0f} steps ({cross / cfg.train.steps:.1f}x this budget)"))
     result = {"rung": rung, "model": full["model"], "baseline": target,
               "ci_low": full[f"minus_{r.baseline}"] - full[f"ci_{r.baseline}"], "first": full["first"],
-              "last": full["last"], "steps": cfg.data.seq_len, "tasks": n_tasks, "train_steps": cfg.train.steps,
+              "last": full["last"], "steps": cfg.data.generator.seq_len, "tasks": n_tasks, "train_steps": cfg.train.steps,
               "train_minutes": train_seconds / 60, "crossing_steps": cross, "scaling": scaling,
-              "pairs": cfg.data.n_states * cfg.data.n_actions,
+              "pairs": cfg.data.generator.n_states * cfg.data.generator.n_actions,
               "crossing_tokens": None if cross is None else cross * scaling[-1]["tokens"] / full["steps"],
               "baselines": {name: float(np.nanmean(res.scores)) for name, res in baselines.items()}}
     (workdir / "ladder_result.json").write_text(json.dumps(result, indent=1))
@@ -213,7 +213,7 @@ def scaling_report(root: Path, target: str = "anymdp-16", log=print) -> Optional
         log(f"{r['rung']:10s} {r['pairs']:5d} {r['model']:6.3f} {r['baseline']:8.3f} "
             f"{r['scaling'][-1]['tokens']:12.3g} {cross:>15s}")
     cfg = load_config(str(RUNGS[target].config))
-    predicted = extrapolate(results, cfg.data.n_states * cfg.data.n_actions)
+    predicted = extrapolate(results, cfg.data.generator.n_states * cfg.data.generator.n_actions)
     log(f"{target}: " + ("no extrapolation (needs crossings at two rung sizes)" if predicted is None else
         f"crosses its baseline at ~{predicted:.3g} training tokens (log-log line of crossing tokens on pairs)"))
     return predicted

@@ -119,7 +119,7 @@ def probe(cfg, target: str, tail: int) -> tuple[tuple[float, float, float, float
     """Trains a fresh model on ``target`` for ``cfg.train.steps`` steps. Returns the last ``tail``
     steps' mean policy loss, accuracy, and agreement of the shortcut and of the reward rule with
     the target; and the loss curve, the mean policy loss of each window of ``tail`` steps."""
-    n_states, n_actions, steps = cfg.data.n_states, cfg.data.n_actions, cfg.train.steps
+    n_states, n_actions, steps = cfg.data.generator.n_states, cfg.data.generator.n_actions, cfg.train.steps
     history = []
     with make_loader(cfg.data, batch_size=cfg.train.batch_size, segment_len=cfg.train.segment_len,
                      seed=cfg.train.seed) as loader:
@@ -156,10 +156,10 @@ def main(argv=None) -> int:
             parser.error(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
         tail = min(args.tail, args.steps)
         (loss, accuracy, shortcut, reward_rule), curve = probe(cfg, target, tail)
-        chance = np.log(cfg.data.n_actions)
+        chance = np.log(cfg.data.generator.n_actions)
         print(f"{target:17s} policy loss {loss:.3f}  accuracy {accuracy:.3f}  shortcut {shortcut:.3f}  "
               f"reward rule {reward_rule:.3f}  left chance at step {left_chance(curve, tail, chance)}  "
-              f"(ln {cfg.data.n_actions} = {chance:.3f}; last {tail} of {args.steps} steps)\n"
+              f"(ln {cfg.data.generator.n_actions} = {chance:.3f}; last {tail} of {args.steps} steps)\n"
               f"{'':17s} loss per {tail} steps: {' '.join(f'{x:.3f}' for x in curve)}", flush=True)
     return 0
 

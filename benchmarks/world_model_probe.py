@@ -21,7 +21,7 @@ the world model an in-context policy can build on (it may beat both: it can lear
 prior, which counting ignores). ``ln S`` is knowing nothing.
 
     python benchmarks/world_model_probe.py                          # configs/ladder/anymdp-16.yaml, 300 steps
-    python benchmarks/world_model_probe.py --set model.mixer=swa model.window=768
+    python benchmarks/world_model_probe.py --set model.mixer=delta
     python benchmarks/world_model_probe.py --set "data.generator.policy_weights={random_drift: 1.0}"
 """
 
@@ -73,7 +73,7 @@ def reference_nll(batch: dict, n_states: int, n_actions: int, alpha: float) -> t
 def probe(cfg, tail: int, alpha: float) -> tuple[float, float, float, float]:
     """Trains a fresh model for ``cfg.train.steps`` steps; the last ``tail`` steps' mean next-state
     loss of the model and of the three reference estimators (state counts, pair counts, recall)."""
-    n_states, n_actions, steps = cfg.data.n_states, cfg.data.n_actions, cfg.train.steps
+    n_states, n_actions, steps = cfg.data.generator.n_states, cfg.data.generator.n_actions, cfg.train.steps
     history = []
     with make_loader(cfg.data, batch_size=cfg.train.batch_size, segment_len=cfg.train.segment_len,
                      seed=cfg.train.seed) as loader:
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     model, state_counts, pair_counts, recall = probe(cfg, tail, args.alpha)
     print(f"next-state cross-entropy  model {model:.3f}  state counts {state_counts:.3f}  pair counts {pair_counts:.3f}  "
           f"state recall {recall:.3f}  "
-          f"(ln {cfg.data.n_states} = {np.log(cfg.data.n_states):.3f}; last {tail} of {args.steps} steps, "
+          f"(ln {cfg.data.generator.n_states} = {np.log(cfg.data.generator.n_states):.3f}; last {tail} of {args.steps} steps, "
           f"segments of {cfg.train.segment_len})", flush=True)
     return 0
 

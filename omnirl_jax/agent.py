@@ -32,7 +32,7 @@ stepped one by one, or a Gymnasium vector env in ``AutoresetMode.SAME_STEP`` wit
 step after an episode's end is a reset, not an action, and must not be reported).
 
 Spaces: observations must be ``Discrete(n)`` with ``n`` at most the model's observation ids
-(its config's ``data.n_states``), any other id is refused; a ``Box`` observation goes through
+(its config's ``data.generator.n_states``), any other id is refused; a ``Box`` observation goes through
 ``anymdp_gym.wrappers.DiscretiseObservation`` first. Actions must be ``Discrete(k)`` with ``k``
 at most the model's actions; the model's surplus actions are masked.
 """
@@ -47,7 +47,6 @@ import jax.numpy as jnp
 import numpy as np
 from gymnasium import spaces
 
-from omnirl_jax.data.loader import generator_config_of
 from omnirl_jax.data.schema import TAG_ID
 from omnirl_jax.eval.restore import LoadedModel, load_model
 from omnirl_jax.eval.rollout import PendingStep
@@ -71,7 +70,7 @@ class InContextAgent:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.model, self.runner = model, model.runner
         # A model trained on one-step tasks never saw a terminal record: feed none.
-        self._terminal_records = not generator_config_of(model.config.data).one_step
+        self._terminal_records = not model.config.data.generator.one_step
         self.num_envs, self.temperature = num_envs, float(temperature)
         self._batch = 1 if num_envs is None else int(num_envs)
         self._key = jax.random.key(seed)
@@ -136,7 +135,7 @@ class InContextAgent:
         bad = ids[(ids < 0) | (ids >= n)]
         if bad.size:
             raise ValueError(f"{what} id {int(bad.flat[0])} is outside the model's {n} observation ids "
-                             f"(0..{n - 1}, its config's data.n_states)")
+                             f"(0..{n - 1}, its config's data.generator.n_states)")
         return ids.reshape(self._batch).astype(np.int32)
 
 

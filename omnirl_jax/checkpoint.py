@@ -23,6 +23,7 @@ unverified.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -39,6 +40,9 @@ from omnirl_jax.config import CheckpointConfig
 
 STEP_METADATA = "_CHECKPOINT_METADATA"
 """orbax's step metadata file, rewritten when a step is committed (so outside its digest)."""
+RETIRED = ("rng",)
+"""Train-state entries that older checkpoints hold and the trainer no longer has (``rng``: the key
+of dropout, which no config used): read, so such checkpoints restore, and dropped."""
 
 
 class CheckpointError(RuntimeError):
@@ -66,7 +70,8 @@ def _arrays(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
 def layout_mismatch(expected: Any, stored: Any) -> Optional[str]:
     """What differs between the arrays a config needs and those a checkpoint holds (the first
     difference and how many there are), or None when every path, shape and dtype agrees."""
-    want, have = _arrays(expected), _arrays(stored)
+    want = _arrays(expected)
+    have = {path: leaf for path, leaf in _arrays(stored).items() if path.split("/")[0] not in RETIRED}
     problems = [f"{p} is missing" for p in want if p not in have]
     problems += [f"{p} is not in the config's state" for p in have if p not in want]
     problems += [f"{p} is {have[p][0]} {have[p][1]} in the checkpoint, the config needs {want[p][0]} {want[p][1]}"
@@ -159,19 +164,25 @@ class Checkpointer:
         mismatch = layout_mismatch(abstract_state, stored)
         if mismatch is not None:
             raise CheckpointError(f"checkpoint {where} does not match the config: {mismatch}")
+        retired = [key for key in RETIRED if key in stored.keys()]
+        target = abstract_state
+        if retired:  # a mapping, so the retired entries can be read beside the state's
+            target = {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)}
+            sharding = jax.tree.leaves(abstract_state)[0].sharding
+            target.update({key: jax.ShapeDtypeStruct(stored[key].shape, stored[key].dtype, sharding=sharding)
+                           for key in retired})
         try:
             restored = self.manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), loader=ocp.args.JsonRestore()
-                ),
-            )
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), loader=ocp.args.JsonRestore()))
         except Exception as e:
             raise CheckpointError(
                 f"checkpoint {where} is unreadable or does not match the config "
                 f"({_one_line(e)}); move it aside to resume from an earlier one"
             ) from None
-        return restored["state"], restored["loader"], step
+        state = restored["state"]
+        if retired:
+            state = type(abstract_state)(**{key: value for key, value in state.items() if key not in RETIRED})
+        return state, restored["loader"], step
 
     def _check(self, step: int, warn: Callable[[str], None]) -> Optional[str]:
         """What is wrong with step ``step``'s files, or None (a step without a digest is from

@@ -9,21 +9,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal, Optional, Sequence
 
-from omnirl_jax.typed_config import ConfigError, load_yaml
+from omnirl_jax.data.generate import GeneratorConfig
+from omnirl_jax.typed_config import ConfigError, apply_overrides, from_dict, read_with_base, to_dict
 
 @dataclasses.dataclass
 class ModelConfig:
-    mixer: Literal["gla", "delta", "swa"] = "gla"
-    """Sequence mixer: gated linear attention, the gated delta rule (``omnirl_jax.model.gla``), or
-    sliding-window softmax attention (baseline). Why the delta rule: a key's slot holds a running
-    average of what was written under it, the per-arm (per state-action) mean an in-context learner
-    needs, where GLA only sums. Measured with ``benchmarks/policy_probe.py --config
-    configs/ladder/bandit.yaml --targets label --steps 300`` (5-armed bandits, the rung's model):
-    policy loss 0.975 (accuracy 0.604) with it, 1.600 (0.253) with GLA, ln 5 = 1.609; the bandit
-    rung trained with GLA stayed at ln 5 for 600 steps, with it it scores 0.868 online against
-    epsilon-greedy's 0.878 (``configs/ladder/bandit.yaml``). A training step costs about 1.4x GLA's
-    on a CPU (chunk 32). The 8-state rung uses it too (not compared there); the paper-scale configs keep GLA,
-    not yet compared there."""
+    mixer: Literal["gla", "delta"] = "gla"
+    """Sequence mixer (``omnirl_jax.model.gla``): gated linear attention, or the gated delta rule,
+    whose slot under a key holds a running average of what was written there (the per-arm mean an
+    in-context learner needs) where GLA only sums. Bandit rung's label probe: policy loss 0.975
+    with the delta rule, 1.600 with GLA (ln 5 = 1.609; docs/experiments.md)."""
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 4
@@ -31,7 +26,6 @@ class ModelConfig:
     """Width of each head's queries, keys and values; 0 means ``d_model // n_heads``. Why apart from
     ``d_model``: a GLA head's memory is a ``head_dim x head_dim`` matrix, and recalling what followed
     each of the ``S * A`` state-action pairs of a task needs about that many near-orthogonal keys."""
-    mlp_ratio: int = 4
     pair_embed: bool = False
     """Add to the action token its step's observation embedding and an embedding of the
     (observation, action) pair. Why: recalling what was done in a state, and what an action did
@@ -48,18 +42,11 @@ class ModelConfig:
     against 0.354 for the shortcut rules: a small gain only."""
     reward_zscore: bool = False
     """Also give the reward token the reward's z-score against the sequence's earlier rewards
-    (``omnirl.reward_zscores``), through its own scalar map and pair embedding. Why: the label
-    depends on which arm (pair) pays best *within the task*, while AnyMDP rewards differ across
-    tasks far more than between a task's arms (bandits: arm means from 0.03 to 1.9, best minus
-    second best 0.038 at the median); dividing by the context's spread is a division a small
-    model does not learn from a linear reward embedding. Measured with ``benchmarks/policy_probe.py
-    --config configs/ladder/bandit.yaml --targets label --steps 300``: policy loss 0.533 (accuracy
-    0.819) with it, 0.720 (0.721) without; the bandit rung at 1200 steps, online on its 64
-    held-out tasks, 0.901 with it against 0.879 without (epsilon-greedy 0.878). Not a gain at 8
-    states in a 200-step probe (label loss 1.615 and 1.614, both at ln 5). With it the reward head
-    predicts the z-score instead of the raw reward (``losses``): the cbandit-8 rung at 1200 steps
-    scores 0.616 against 0.540 predicting raw rewards, whose error was too small (0.03) to train
-    on (``docs/experiments.md``)."""
+    (``omnirl.reward_zscores``), and have the reward head predict it instead of the raw reward.
+    Why: which arm pays best is judged within a task, while AnyMDP rewards differ far more across
+    tasks (bandit arm means 0.03 to 1.9, best minus second 0.038 at the median), a division a small
+    model does not learn from a linear embedding. Bandit rung's label probe: policy loss 0.533 with
+    it, 0.720 without (docs/experiments.md)."""
     fused_step: bool = False
     """Three tokens per step instead of the spec's five: prompt, observation and tag share the first
     token (their embeddings summed), then action, then reward. Why: the prompt is constant over a
@@ -76,11 +63,6 @@ class ModelConfig:
     function at any size, up to rounding). Speed on 2 CPU cores, the bandit rung's model (16 x 768
     tokens, 3 layers): GLA about the same at 32 and 64; the delta rule, whose chunk solves a C x C
     system, 1.05 training steps/s at 32 against 0.83 at 64 and 0.90 at 16."""
-    gate_temperature: float = 16.0
-    """GLA decay is log_sigmoid(x) / temperature; larger keeps memory longer at init."""
-    window: int = 320
-    """Sliding-window length in tokens (mixer 'swa')."""
-    dropout: float = 0.0
     remat: bool = True
     """Recompute each block's activations in the backward pass (jax.checkpoint)."""
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -97,16 +79,12 @@ class DataConfig:
     source: Literal["generate", "shards"] = "generate"
     path: Optional[str] = None
     """Shard directory (source 'shards')."""
-    n_states: int = 16
-    """Observation vocabulary size."""
-    n_actions: int = 5
-    """Real actions; the action vocabulary has one more id, the null action ``n_actions``."""
-    seq_len: int = 2048
-    """Steps per sequence."""
     workers: int = 1
     """Background generator processes (source 'generate'); 0 generates in the trainer process."""
-    generator: dict = dataclasses.field(default_factory=dict)
-    """Passed through to the generator unchanged."""
+    generator: GeneratorConfig = dataclasses.field(default_factory=GeneratorConfig)
+    """The sequences: their sizes (``n_states``, the model's observation vocabulary; ``n_actions``,
+    whose id ``n_actions`` is the null action; ``seq_len``), checked against the manifest with
+    source 'shards', and how they are generated with source 'generate'."""
 
 
 @dataclasses.dataclass
@@ -215,9 +193,44 @@ class Config:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
 
 
+MOVED_DATA_KEYS = ("n_states", "n_actions", "seq_len")
+"""Keys of ``data`` that moved into ``data.generator`` (issue 29)."""
+RETIRED_MODEL_KEYS = {"mlp_ratio": 4, "gate_temperature": 16.0, "window": 320, "dropout": 0.0}
+"""Model options that no config set, removed (issue 29), at the one value they ever had."""
+
+
+def upgrade(raw: dict) -> dict:
+    """``raw`` in the current layout. Why: configs written before issue 29 (a run's ``config.yaml``,
+    an exported model's) keep loading; a removed model option set to anything but its one value
+    fails with one line."""
+    data, model = raw.get("data"), raw.get("model")
+    if isinstance(data, dict) and isinstance(data.get("generator") or {}, dict):
+        generator = data["generator"] = data.get("generator") or {}
+        for key in MOVED_DATA_KEYS:
+            if key in data:
+                if key in generator:
+                    raise ConfigError(f"config key 'data.{key}': set data.generator.{key} only (it moved there)")
+                generator[key] = data.pop(key)
+    for key, value in RETIRED_MODEL_KEYS.items():
+        if isinstance(model, dict) and key in model and model.pop(key) != value:
+            raise ConfigError(f"config key 'model.{key}': removed (every config used {value})")
+    return raw
+
+
+def resolve(raw: dict) -> dict:
+    """A config mapping (a run's ``config.yaml``) as this version reads it, as a plain dict:
+    upgraded, every default filled in. Why: what changed since a run's last start is then what a
+    user changed, not how configs are written (``workdir``)."""
+    return to_dict(from_dict(Config, upgrade(raw)))
+
+
 def load_config(path: str, overrides: Sequence[str] = ()) -> Config:
-    """Loads, overrides and validates a config; raises ConfigError with a one-line message."""
-    cfg = load_yaml(Config, path, overrides)
+    """Loads (with the YAML's ``base``), upgrades (``upgrade``), overrides and validates a config;
+    raises ConfigError with a one-line message."""
+    moved = [f"data.{key}" for key in MOVED_DATA_KEYS]  # --set data.n_states=8, as before issue 29
+    overrides = [item.replace("data.", "data.generator.", 1) if item.partition("=")[0] in moved else item
+                 for item in overrides]
+    cfg = from_dict(Config, apply_overrides(upgrade(read_with_base(path)), overrides))
     validate(cfg)
     return cfg
 
@@ -227,8 +240,8 @@ def validate(cfg: Config) -> None:
     m, d, t, o = cfg.model, cfg.data, cfg.train, cfg.optim
     positive = {
         "model.d_model": m.d_model, "model.n_layers": m.n_layers, "model.n_heads": m.n_heads,
-        "model.mlp_ratio": m.mlp_ratio, "model.chunk_size": m.chunk_size, "model.window": m.window,
-        "data.n_states": d.n_states, "data.n_actions": d.n_actions, "data.seq_len": d.seq_len,
+        "model.chunk_size": m.chunk_size, "data.generator.n_states": d.generator.n_states,
+        "data.generator.n_actions": d.generator.n_actions, "data.generator.seq_len": d.generator.seq_len,
         "train.steps": t.steps, "train.batch_size": t.batch_size,
         "train.segment_len": t.segment_len, "train.log_every": t.log_every,
         "optim.accumulate": o.accumulate, "checkpoint.every": cfg.checkpoint.every,
@@ -251,8 +264,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'model.head_dim': must be >= 0 (0: d_model // n_heads), got {m.head_dim}")
     if m.head_dim == 0 and m.d_model % m.n_heads:
         raise ConfigError(f"config key 'model.d_model': {m.d_model} is not divisible by model.n_heads={m.n_heads}")
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"config key 'model.dropout': must be in [0, 1), got {m.dropout}")
     if d.source == "shards" and not d.path:
         raise ConfigError("config key 'data.path': required when data.source is 'shards'")
     if o.lr <= 0 or o.clip_norm <= 0:

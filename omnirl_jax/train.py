@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from omnirl_jax import sharding
 from omnirl_jax.checkpoint import CheckpointError, Checkpointer
-from omnirl_jax.config import Config, OptimConfig
+from omnirl_jax.config import Config, OptimConfig, resolve
 from omnirl_jax.interrupt import Interrupted, StopRequest
 from omnirl_jax.losses import compute_losses
 from omnirl_jax.metrics import MetricsWriter
@@ -61,10 +61,8 @@ class TrainState(flax.struct.PyTreeNode):
     """Segment batches consumed (optimiser steps x accumulate)."""
     params: Any
     opt_state: Any
-    rng: jax.Array
-    """Raw PRNG key data (uint32), so it checkpoints as a plain array."""
     carry: Any
-    """Recurrent state per block, [global batch, ...] each, carried across segments."""
+    """The model's ``Carry``, [global batch, ...] each part, carried across segments."""
 
 
 def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
@@ -100,17 +98,17 @@ def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransfor
 
 
 def build_model(cfg: Config, rngs: nnx.Rngs) -> OmniRL:
-    return OmniRL(cfg.model, n_states=cfg.data.n_states, n_actions=cfg.data.n_actions,
+    return OmniRL(cfg.model, n_states=cfg.data.generator.n_states, n_actions=cfg.data.generator.n_actions,
                   behaviour_head=cfg.loss.behaviour > 0, rngs=rngs)
 
 
 def make_loss_fn(graphdef, cfg: Config) -> Callable:
-    """(params, carry, batch, dropout_key) -> (loss, (metrics, final carry)); carry already reset."""
+    """(params, carry, batch) -> (loss, (metrics, final carry)); carry already reset."""
 
-    def loss_fn(params, carry, batch, dropout_key=None):
+    def loss_fn(params, carry, batch):
         model = nnx.merge(graphdef, params)
-        outputs, carry = model(batch, carry, dropout_key=dropout_key)
-        loss, metrics = compute_losses(outputs, batch, cfg.loss, cfg.data.n_actions)
+        outputs, carry = model(batch, carry)
+        loss, metrics = compute_losses(outputs, batch, cfg.loss, cfg.data.generator.n_actions)
         return loss, (metrics, carry)
 
     return loss_fn
@@ -119,19 +117,16 @@ def make_loss_fn(graphdef, cfg: Config) -> Callable:
 def make_train_step(graphdef, optimizer: optax.GradientTransformation, cfg: Config) -> Callable:
     """(state, batch) -> (state, metrics): one segment of truncated BPTT and an optimiser update."""
     grad_fn = jax.value_and_grad(make_loss_fn(graphdef, cfg), has_aux=True)
-    use_dropout = cfg.model.dropout > 0.0
 
     def train_step(state: TrainState, batch: dict):
-        rng, dropout_key = jax.random.split(jax.random.wrap_key_data(state.rng))
         carry = reset_carry(state.carry, batch["reset"])
-        (_, (metrics, carry)), grads = grad_fn(state.params, carry, batch, dropout_key if use_dropout else None)
+        (_, (metrics, carry)), grads = grad_fn(state.params, carry, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         metrics["grad_norm"] = optax.tree.norm(grads)
         new_state = state.replace(
             step=state.step + 1,
             params=optax.apply_updates(state.params, updates),
             opt_state=opt_state,
-            rng=jax.random.key_data(rng),
             carry=jax.lax.stop_gradient(carry),
         )
         return new_state, metrics
@@ -166,7 +161,6 @@ class Setup:
             step=sharding.replicated(mesh),
             params=params_sh,
             opt_state=sharding.opt_state_shardings(optimizer, abstract.opt_state, params_sh, mesh),
-            rng=sharding.replicated(mesh),
             carry=jax.tree.map(lambda _: sharding.data_sharding(mesh), abstract.carry),
         )
         abstract = jax.tree.map(
@@ -201,14 +195,13 @@ def fresh_steps(cfg: Config, batches: Iterable[dict]) -> Iterator[tuple[dict, di
 
 
 def _init_state(cfg: Config, optimizer: optax.GradientTransformation, key) -> TrainState:
-    model_key, train_key = jax.random.split(key)
+    model_key = jax.random.split(key)[0]  # the first of two, as when the second drove dropout: the same init
     model = build_model(cfg, nnx.Rngs(model_key))
     params = nnx.state(model, nnx.Param)
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state=optimizer.init(params),
-        rng=jax.random.key_data(train_key),
         carry=model.init_carry(cfg.train.batch_size),
     )
 
@@ -258,7 +251,7 @@ def train(
                 window = [{k: np.float32(v) for k, v in m.items()} for m in saved.get("log_window", [])]
                 say(f"resuming from step {start} of {checkpointer.directory}")
             if is_main:
-                run_dir.record_start(to_dict(cfg), start, say)
+                run_dir.record_start(to_dict(cfg), start, say, resolve=resolve)
             columns = step_metrics(cfg) + RATE_METRICS + (evaluator.columns() if evaluator else ())
             writer = MetricsWriter(workdir, start, columns, enabled=is_main)
             if start >= cfg.train.steps:

@@ -3,7 +3,7 @@
 Why: a typo or a wrong type in a config should fail at start with one line that names the dotted
 key, not hours later inside a jitted function. Supported field types: nested dataclasses, ``int``,
 ``float`` (ints and numeric strings such as ``2e-4`` accepted), ``bool``, ``str``, ``Literal[...]``, ``Optional[X]``, ``list[X]``,
-``dict[str, X]`` and a bare ``dict`` (free-form, passed through unchecked).
+``tuple[X, Y]`` (a list of that length), ``dict[str, X]`` and a bare ``dict`` (free-form, passed through unchecked).
 """
 
 from __future__ import annotations
@@ -41,12 +41,6 @@ def read_mapping(path: str) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return raw
-
-
-def load_yaml(cls: type[T], path: str, overrides: typing.Sequence[str] = ()) -> T:
-    """Reads a YAML file (with its ``base``, see ``read_with_base``), applies ``key=value``
-    overrides and builds ``cls`` from it."""
-    return from_dict(cls, apply_overrides(read_with_base(path), overrides))
 
 
 def read_with_base(path: str, _seen: tuple = ()) -> dict:
@@ -98,8 +92,9 @@ def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict:
 
 
 def to_dict(cfg: Any) -> dict:
-    """The plain-dict form of a config tree (for saving next to the run)."""
-    return dataclasses.asdict(cfg)
+    """The plain-dict form of a config tree (for saving next to the run), tuples as lists: as YAML
+    reads it back."""
+    return _deep_copy(dataclasses.asdict(cfg))
 
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
@@ -129,6 +124,11 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{_name(key)}: expected a list, got {_describe(value)}")
         (item_tp,) = typing.get_args(tp)
         return [_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        items = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(items):
+            raise ConfigError(f"{_name(key)}: expected a list of {len(items)}, got {_describe(value)}")
+        return tuple(_convert(item_tp, v, f"{key}[{i}]") for i, (item_tp, v) in enumerate(zip(items, value)))
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{_name(key)}: expected a mapping, got {_describe(value)}")
@@ -183,7 +183,7 @@ def _convert_dataclass(cls: Any, value: Any, key: str) -> Any:
 def _deep_copy(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _deep_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_deep_copy(v) for v in value]
     return value
 

@@ -85,9 +85,11 @@ class Workdir:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def record_start(self, config: dict, start_step: int, say: Callable[[str], None]) -> None:
+    def record_start(self, config: dict, start_step: int, say: Callable[[str], None],
+                     resolve: Callable[[dict], dict] = dict) -> None:
         """Keeps ``config`` (a resolved config as a plain dict) as this start's history entry and
-        as ``config.yaml``; call once the start is known to fit the workdir (module doc)."""
+        as ``config.yaml``; call once the start is known to fit the workdir (module doc). The last
+        start's ``config.yaml`` is compared through ``resolve`` (as it is, where that fails)."""
         history = self.path / HISTORY_DIR
         history.mkdir(exist_ok=True)
         config_path = self.path / "config.yaml"
@@ -98,7 +100,7 @@ class Workdir:
             _write(history / f"{len(entries) + 1:03d}_found.yaml",
                    "# config.yaml found in the workdir, written by no start of the history\n" + old)
             entries = sorted(history.glob("*.yaml"))
-        changes = _changes(_parse(old), config) if old is not None else []
+        changes = _changes(_resolved(_parse(old), resolve), config) if old is not None else []
         when = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         origin = f"resumed from step {start_step}" if start_step else "fresh"
         header = f"# start {len(entries) + 1}: {origin}, {when}, pid {os.getpid()} on {socket.gethostname()}\n"
@@ -127,6 +129,13 @@ def _write(path: Path, text: str) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(text)
     os.replace(partial, path)
+
+
+def _resolved(old: Optional[dict], resolve: Callable[[dict], dict]) -> Optional[dict]:
+    try:
+        return None if old is None else resolve(old)
+    except ValueError:
+        return old
 
 
 def _parse(text: str) -> Optional[dict]:

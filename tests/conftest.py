@@ -123,12 +123,12 @@ def tiny_checkpoint(path: Path, n_states: int = 16, n_actions: int = 5) -> Path:
 
     from omnirl_jax import sharding
     from omnirl_jax.checkpoint import Checkpointer
-    from omnirl_jax.config import CheckpointConfig, Config, DataConfig, MeshConfig, ModelConfig, TrainConfig
+    from omnirl_jax.config import CheckpointConfig, Config, DataConfig, GeneratorConfig, MeshConfig, ModelConfig, TrainConfig
     from omnirl_jax.train import Setup
     from omnirl_jax.typed_config import to_dict
 
     cfg = Config(model=ModelConfig(d_model=16, n_layers=1, n_heads=2, remat=False),
-                 data=DataConfig(n_states=n_states, n_actions=n_actions), mesh=MeshConfig(data=1, model=1),
+                 data=DataConfig(generator=GeneratorConfig(n_states=n_states, n_actions=n_actions)), mesh=MeshConfig(data=1, model=1),
                  checkpoint=CheckpointConfig(async_save=False), train=TrainConfig(batch_size=1))
     setup = Setup.create(cfg, sharding.make_mesh(cfg.mesh, jax.devices()[:1]))
     checkpointer = Checkpointer(path / "checkpoints", cfg.checkpoint)

@@ -26,7 +26,7 @@ def tiny_config(**checkpoint) -> Config:
         mesh=MeshConfig(data=1, model=1),
         checkpoint=CheckpointConfig(every=3, keep=2, **checkpoint),
     )
-    cfg.data.n_states = N_STATES
+    cfg.data.generator.n_states = N_STATES
     cfg.optim.warmup_steps = 2
     return cfg
 
@@ -119,7 +119,7 @@ def test_checkpoint_holds_train_state_and_loader_position(runs):
     assert sorted(int(p.name) for p in (straight / "checkpoints").iterdir() if p.name.isdigit()) == [3, 6]
     restored = read_params(straight, 3)
     state = restored["state"]
-    assert set(state) == {"step", "params", "opt_state", "rng", "carry"}
+    assert set(state) == {"step", "params", "opt_state", "carry"}
     assert int(state["step"]) == 3 and restored["loader"] == {"processes": [{"index": 3}], "log_window": []}
     assert any(np.any(np.asarray(x) != 0) for x in jax.tree.leaves(state["carry"]))
 
@@ -205,3 +205,33 @@ def test_keep_newest_and_best_by_metric(tmp_path):
     newest.close(), best.close()
     assert newest.all_steps() == [3, 4]
     assert best.all_steps() == [2, 4]  # the best, and the newest (needed to resume)
+
+
+def test_checkpoint_of_the_former_layout_restores(tmp_path):
+    """Checkpoints saved before issue 29 hold the carry as a plain tuple and dropout's key ``rng``:
+    they restore into today's state (the ``Carry`` flattens to the same positions), ``rng`` dropped."""
+    import flax
+    from omnirl_jax import sharding
+    from omnirl_jax.train import Setup
+
+    class FormerState(flax.struct.PyTreeNode):
+        step: jax.Array
+        params: object
+        opt_state: object
+        rng: jax.Array
+        carry: tuple
+
+    cfg = tiny_config(async_save=False)
+    cfg.model.reward_zscore, cfg.model.token_conv = True, 4  # every optional part of the carry
+    setup = Setup.create(cfg, sharding.make_mesh(cfg.mesh, jax.devices()[:1]))
+    leaves = iter(range(1, 10**6))  # distinct values, so a part restored into another's place shows
+    state = jax.tree.map(lambda x: jnp.full(x.shape, next(leaves), x.dtype), setup.abstract_state)
+    former = FormerState(state.step, state.params, state.opt_state, jnp.ones(2, jnp.uint32), tuple(jax.tree.leaves(state.carry)))
+    checkpointer = Checkpointer(tmp_path, cfg.checkpoint)
+    checkpointer.save(3, former, {"index": 3})
+    restored, loader, step = checkpointer.restore(setup.abstract_state)
+    checkpointer.close()
+    assert step == 3 and loader == {"index": 3} and type(restored) is type(state)
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(x, y)

@@ -5,9 +5,10 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import pytest
+import yaml
 
-from omnirl_jax.config import Config, load_config
-from omnirl_jax.typed_config import ConfigError, apply_overrides, from_dict
+from omnirl_jax.config import Config, load_config, resolve
+from omnirl_jax.typed_config import ConfigError, apply_overrides, from_dict, to_dict
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -20,7 +21,7 @@ def test_shipped_configs_load(name):
 
 def test_tpu_config_is_paper_scale():
     cfg = load_config(str(CONFIGS / "tpu.yaml"))
-    assert cfg.data.seq_len == 524288 and cfg.train.segment_len == 4096
+    assert cfg.data.generator.seq_len == 524288 and cfg.train.segment_len == 4096
     assert (cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads) == (18, 512, 8)
     assert cfg.mesh.data * cfg.mesh.model == 32 and cfg.train.batch_size % cfg.mesh.data == 0
     assert (cfg.loss.policy, cfg.loss.next_state, cfg.loss.reward) == (0.2, 0.4, 0.4)
@@ -75,10 +76,11 @@ def test_errors_name_the_dotted_key(data, message):
 def test_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model:\n  n_layers: 2\ntrain:\n  steps: 10\n")
-    cfg = load_config(str(path), ["model.n_layers=3", "optim.lr=2e-4", "data.generator.max_states=[16, 32]",
-                                  "checkpoint.best_metric=loss", "model.mixer=swa"])
+    cfg = load_config(str(path), ["model.n_layers=3", "optim.lr=2e-4", "data.generator.halflife_range=[16, 32]",
+                                  "checkpoint.best_metric=loss", "model.mixer=delta", "data.n_states=12"])
     assert cfg.model.n_layers == 3 and cfg.optim.lr == 2e-4 and cfg.train.steps == 10
-    assert cfg.data.generator == {"max_states": [16, 32]} and cfg.checkpoint.best_metric == "loss"
+    assert cfg.data.generator.halflife_range == (16.0, 32.0) and cfg.checkpoint.best_metric == "loss"
+    assert cfg.data.generator.n_states == 12  # the key of configs before issue 29 (data.generator.n_states now)
     raw = {"a": {"b": 1}}
     assert apply_overrides(raw, ["a.c=x"]) == {"a": {"b": 1, "c": "x"}} and raw == {"a": {"b": 1}}
     for bad, message in [
@@ -90,6 +92,9 @@ def test_overrides(tmp_path):
         ("data.source=shards", "'data.path': required"),
         ("model.head_dim=-1", "'model.head_dim': must be >= 0"),
         ("model.token_conv=-2", "'model.token_conv': must be >= 0"),
+        ("data.generator.telepathy=1", "unknown config key 'data.generator.telepathy'"),
+        ("data.generator.halflife_range=[1]", "'data.generator.halflife_range': expected a list of 2"),
+        ("data.generator.n_states=0", "'data.generator.n_states': must be positive"),
     ]:
         with pytest.raises(ConfigError, match=None) as err:
             load_config(str(path), [bad])
@@ -124,3 +129,20 @@ def test_a_config_states_only_what_differs_from_its_base(tmp_path):
 def test_the_quickstart_is_the_bandit_rung_with_evaluation():
     quick, rung = load_config(str(CONFIGS / "quickstart.yaml")), load_config(str(CONFIGS / "ladder" / "bandit.yaml"))
     assert quick.model == rung.model and quick.data == rung.data and quick.eval.every > 0 and quick.eval.suite == "bandit-5"
+
+
+def test_configs_of_the_former_layout_load(tmp_path):
+    """A run's config.yaml written before issue 29: the sizes at data, the removed model options at
+    their one value. Both spellings of a size, or a removed option changed, fail with one line."""
+    path = tmp_path / "config.yaml"
+    former = "model:\n  mlp_ratio: 4\n  window: 320\n  dropout: 0.0\n  gate_temperature: 16.0\ndata:\n  n_states: 8\n  seq_len: 64\n"
+    path.write_text(former + "  generator:\n    q_alpha: 0.1\n")
+    cfg = load_config(str(path))
+    assert (cfg.data.generator.n_states, cfg.data.generator.seq_len, cfg.data.generator.q_alpha) == (8, 64, 0.1)
+    # A run's former config.yaml resolves as it loads, so a resume reports no change; today's too.
+    assert resolve(yaml.safe_load(path.read_text())) == to_dict(cfg) == resolve(to_dict(cfg))
+    for text, message in [(former + "  generator:\n    n_states: 8\n", "'data.n_states': set data.generator.n_states only"),
+                          (former.replace("mlp_ratio: 4", "mlp_ratio: 2"), "'model.mlp_ratio': removed")]:
+        path.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_config(str(path))

@@ -23,7 +23,7 @@ def test_peak_tflops_longest_key_wins():
 
 def test_flops_per_token_counts_by_hand():
     cfg = Config(model=ModelConfig(d_model=32, n_layers=2, n_heads=2, chunk_size=64))
-    cfg.data.n_states, cfg.data.n_actions = 16, 5
+    cfg.data.generator.n_states, cfg.data.generator.n_actions = 16, 5
     d, f, inner, h, k = 32, 128, 32, 2, 16
     block = 4 * d * inner + inner * d + d * h + 3 * d * f  # q, k, v, out gate; o_proj; decay; MLP
     heads = d * 5 + d * 16 + d + 1 * d  # policy, next state, reward head; reward embedding

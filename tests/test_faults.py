@@ -19,7 +19,7 @@ from omnirl_jax.workdir import HISTORY_DIR, LOCK_FILE
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import fault_matrix  # noqa: E402
 
-TINY = ["model.d_model=32", "model.n_heads=4", "data.n_states=12", "data.seq_len=64", "data.workers=0",
+TINY = ["model.d_model=32", "model.n_heads=4", "data.generator.n_states=12", "data.generator.seq_len=64", "data.workers=0",
         "train.segment_len=16", "train.batch_size=4", "train.log_every=3", "checkpoint.every=2"]
 """configs/cpu.yaml shrunk to seconds; log windows of 3 steps, so resumes split them."""
 

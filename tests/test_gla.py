@@ -1,4 +1,4 @@
-"""The chunked GLA and delta-rule kernel and the sliding-window kernel against plain reference implementations."""
+"""The chunked GLA and delta-rule kernel against plain reference implementations."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from omnirl_jax.model.gla import gla_chunked, gla_recurrent
-from omnirl_jax.model.swa import init_cache, sliding_window_attention
 
 
 def gla_inputs(seed, batch=2, length=150, heads=3, dim=8):
@@ -85,26 +84,3 @@ def test_segments_with_carried_state_equal_one_pass():
     second, end_state = gla_chunked(q[:, 48:], k[:, 48:], v[:, 48:], g[:, 48:], mid_state, 16)
     assert rel_err(jnp.concatenate([first, second], axis=1), whole) < 1e-5
     assert rel_err(end_state, whole_state) < 1e-5
-
-
-def naive_window_attention(q, k, v, window):
-    length, dim = q.shape[1], q.shape[-1]
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(dim)
-    i, j = np.arange(length)[:, None], np.arange(length)[None, :]
-    scores = jnp.where((j <= i) & (j > i - window), scores, -jnp.inf)
-    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
-
-
-def test_sliding_window_matches_naive_and_carries_across_segments():
-    rng = np.random.default_rng(4)
-    q, k, v = (jnp.asarray(rng.normal(size=(2, 90, 2, 4)), jnp.float32) for _ in range(3))
-    window = 12
-    attend = jax.jit(sliding_window_attention, static_argnums=4)
-    ref = naive_window_attention(q, k, v, window)
-    whole, _ = attend(q, k, v, init_cache(2, window, 2, 4), window)
-    assert rel_err(whole, ref) < 1e-5
-    cache, parts = init_cache(2, window, 2, 4), []
-    for lo, hi in [(0, 7), (7, 40), (40, 90)]:  # segments shorter and longer than the window
-        out, cache = attend(q[:, lo:hi], k[:, lo:hi], v[:, lo:hi], cache, window)
-        parts.append(out)
-    assert rel_err(jnp.concatenate(parts, axis=1), ref) < 1e-5

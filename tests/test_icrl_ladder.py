@@ -13,7 +13,7 @@ import icrl_ladder as ladder  # noqa: E402
 def test_every_rung_has_a_config_of_its_own_size():
     from omnirl_jax.config import load_config
 
-    sizes = {name: load_config(str(rung.config)).data.n_states for name, rung in ladder.RUNGS.items()}
+    sizes = {name: load_config(str(rung.config)).data.generator.n_states for name, rung in ladder.RUNGS.items()}
     assert sizes == {"bandit": 1, "cbandit-8": 8, "anymdp-8": 8, "anymdp-16": 16}
 
 

@@ -21,7 +21,7 @@ def bandit_config(**eval_fields) -> Config:
         mesh=MeshConfig(data=1, model=1),
         eval=EvalConfig(**eval_fields),
     )
-    cfg.data.n_states, cfg.data.seq_len = 3, 64  # the synthetic data needs 3 observation ids; bandits use 1
+    cfg.data.generator.n_states, cfg.data.generator.seq_len = 3, 64  # the synthetic data needs 3 observation ids; bandits use 1
     cfg.checkpoint.every = 2
     return cfg
 

@@ -24,7 +24,7 @@ from omnirl_jax.train import _loader_position
 from omnirl_jax.typed_config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.d_model=32", "model.n_heads=4", "model.n_layers=1", "data.n_states=12", "data.seq_len=64",
+TINY = ["model.d_model=32", "model.n_heads=4", "model.n_layers=1", "data.generator.n_states=12", "data.generator.seq_len=64",
         "data.workers=0", "train.segment_len=16", "train.batch_size=4", "train.log_every=1", "checkpoint.every=2",
         "optim.schedule=constant", "optim.warmup_steps=2", "mesh.heartbeat_timeout=5"]
 """configs/cpu.yaml shrunk to seconds; a constant learning rate, so a run to step 4 equals the

@@ -9,7 +9,7 @@ import yaml
 
 from omnirl_jax import pretrained, sharding
 from omnirl_jax.checkpoint import Checkpointer
-from omnirl_jax.config import CheckpointConfig, Config, DataConfig, MeshConfig, ModelConfig, TrainConfig
+from omnirl_jax.config import CheckpointConfig, Config, DataConfig, GeneratorConfig, MeshConfig, ModelConfig, TrainConfig
 from omnirl_jax.eval.evaluate import EvalError, load_model
 from omnirl_jax.train import Setup
 from omnirl_jax.typed_config import to_dict
@@ -21,7 +21,7 @@ ROOT = Path(__file__).parent.parent
 def run_and_export(tmp_path_factory):
     """A training workdir with one checkpoint of a tiny model, and its export."""
     path = tmp_path_factory.mktemp("run")
-    cfg = Config(model=ModelConfig(d_model=16, n_layers=1, n_heads=2, remat=False), data=DataConfig(n_states=4, n_actions=3),
+    cfg = Config(model=ModelConfig(d_model=16, n_layers=1, n_heads=2, remat=False), data=DataConfig(generator=GeneratorConfig(n_states=4, n_actions=3)),
                  mesh=MeshConfig(data=1, model=1), checkpoint=CheckpointConfig(async_save=False), train=TrainConfig(batch_size=1))
     setup = Setup.create(cfg, sharding.make_mesh(cfg.mesh, jax.devices()[:1]))
     checkpointer = Checkpointer(path / "checkpoints", cfg.checkpoint)

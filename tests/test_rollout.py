@@ -13,7 +13,7 @@ from anymdp_gym import sample_task
 from anymdp_gym.jax import dynamics as env_jax
 from omnirl_jax.agent import InContextAgent
 from omnirl_jax.eval.baselines import oracle_table, reference_returns, table_baseline
-from omnirl_jax.config import Config, DataConfig, ModelConfig
+from omnirl_jax.config import Config, DataConfig, GeneratorConfig, ModelConfig
 from omnirl_jax.data.schema import TAG_ID
 from omnirl_jax.eval.evaluate import window_returns
 from omnirl_jax.eval.restore import LoadedModel
@@ -81,7 +81,7 @@ def _records_of(traj, i: int, tag: int) -> dict:
 def _agent_replays(runner, traj, carry):
     """Fed what the rollout's env produced, the greedy ``InContextAgent`` takes the rollout's
     action at every step (terminal records included) and ends with the rollout's carry."""
-    config = Config(data=DataConfig(n_states=N_STATES, n_actions=N_ACTIONS))  # the data its model was trained on
+    config = Config(data=DataConfig(generator=GeneratorConfig(n_states=N_STATES, n_actions=N_ACTIONS)))  # the data its model was trained on
     model = LoadedModel(runner, N_STATES, N_ACTIONS, step=0, config=config)
     agent = InContextAgent(model, spaces.Discrete(N_STATES), spaces.Discrete(N_ACTIONS), num_envs=2, temperature=0.0)
     for t in range(traj.obs.shape[1]):

@@ -25,7 +25,7 @@ def tiny_config() -> Config:
 @pytest.fixture(scope="module")
 def setups():
     cfg = tiny_config()
-    cfg.data.n_states = N_STATES
+    cfg.data.generator.n_states = N_STATES
     single = Setup.create(cfg, sharding.make_mesh(MeshConfig(data=1, model=1), jax.devices()[:1]))
     sharded = Setup.create(cfg, sharding.make_mesh(MeshConfig(data=4, model=2)))
     return cfg, single, sharded

@@ -27,7 +27,7 @@ def tiny_config(n_layers=2, **train_overrides) -> Config:
         train=TrainConfig(**{"batch_size": 8, "segment_len": 32, "steps": 40, "log_every": 10, **train_overrides}),
         mesh=MeshConfig(data=1, model=1),
     )
-    cfg.data.n_states = N_STATES
+    cfg.data.generator.n_states = N_STATES
     cfg.checkpoint.every = 20
     return cfg
 
@@ -78,7 +78,7 @@ def test_fresh_steps_yields_each_batch_with_its_metrics():
     assert all(isinstance(v, float) for v in first[0][1].values())
 
 
-CLI_TINY = ["model.d_model=32", "model.n_heads=4", "data.n_states=12", "data.seq_len=64", "data.workers=0",
+CLI_TINY = ["model.d_model=32", "model.n_heads=4", "data.generator.n_states=12", "data.generator.seq_len=64", "data.workers=0",
             "train.segment_len=16", "train.batch_size=4", "checkpoint.every=2", "train.log_every=1"]
 """Overrides that shrink configs/cpu.yaml to seconds (the real data loader, generating in-process)."""
 

@@ -32,6 +32,7 @@ Gymnasium envs use.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -75,7 +76,8 @@ LABEL_POLICIES = pol.POLICY_NAMES[: len(pol.ORACLE_GAMMAS)]
 
 @dataclasses.dataclass
 class GeneratorConfig:
-    """Every generation setting (the one source of truth); ``validate`` before use."""
+    """Every generation setting (the one source of truth): an ``omnirl-generate --config`` file, a
+    manifest's ``generator`` and the trainer's ``data.generator`` section; ``validate`` before use."""
 
     n_states: int = 16
     """Observation ids of states (>= 8), or 1: multi-armed bandits (``anymdp_gym.sampling``: every
@@ -102,19 +104,19 @@ class GeneratorConfig:
     q_alpha: float = 0.01
     q_alpha_exponential_prob: float = 0.5
     """Probability that a sequence's alpha is ``q_alpha * Exponential(1)`` instead of ``q_alpha``."""
-    q_gamma_range: tuple = (0.90, 0.99)
+    q_gamma_range: tuple[float, float] = (0.90, 0.99)
     mbrl_c: float = 0.005
-    mbrl_gamma_range: tuple = (0.90, 0.99)
+    mbrl_gamma_range: tuple[float, float] = (0.90, 0.99)
     mbrl_sweeps: int = 2
     """Warm-started value-iteration sweeps per plan of the model-based agent (it plans at an
     episode start, at most once per ``n_active`` steps)."""
-    noise_range: tuple = (0.3, 1.0)
+    noise_range: tuple[float, float] = (0.3, 1.0)
     """Initial epsilon of the noisy policies, uniform per sequence."""
-    halflife_range: tuple = (1_000.0, 100_000.0)
+    halflife_range: tuple[float, float] = (1_000.0, 100_000.0)
     """Half-life in steps of noise and oracle hand-off schedules, log-uniform per sequence."""
     logit_scale: float = 1.0
     """Std of the initial logits of ``random_drift``."""
-    drift_range: tuple = (0.0, 0.2)
+    drift_range: tuple[float, float] = (0.0, 0.2)
     """Std of a ``random_drift`` logit step, uniform per sequence."""
     min_forward: int = 1
     min_backward: int = 1
@@ -200,35 +202,21 @@ class GeneratorConfig:
         return self.n_states == 1 or self.task_family == "cbandit"
 
     def policy_params(self) -> pol.PolicyParams:
-        """The compiled kernels' view of this config."""
+        """The compiled kernels' view of this config: ``PolicyParams``'s fields by name (an
+        ``x_range`` as ``x_lo``, ``x_hi``), cast to their types; the mixture as a cumulative sum."""
         weights = np.array([float(self.policy_weights.get(name, 0.0)) for name in pol.POLICY_NAMES])
         cdf = np.cumsum(weights / weights.sum())
         cdf[-1] = 1.0
         uses = {name for name, w in self.policy_weights.items() if w > 0}
-        return pol.PolicyParams(
-            weights_cdf=cdf,
-            redraw_prob=float(self.policy_redraw_prob),
-            hide_sequence_prob=float(self.tag_hide_sequence_prob),
-            hide_episode_prob=float(self.tag_hide_episode_prob),
-            label_oracle=int(pol.POLICY_ID[self.label_policy]),
-            q_alpha=float(self.q_alpha),
-            q_alpha_exponential_prob=float(self.q_alpha_exponential_prob),
-            q_gamma_lo=float(self.q_gamma_range[0]),
-            q_gamma_hi=float(self.q_gamma_range[1]),
-            mbrl_c=float(self.mbrl_c),
-            mbrl_gamma_lo=float(self.mbrl_gamma_range[0]),
-            mbrl_gamma_hi=float(self.mbrl_gamma_range[1]),
-            mbrl_sweeps=int(self.mbrl_sweeps),
-            noise_lo=float(self.noise_range[0]),
-            noise_hi=float(self.noise_range[1]),
-            halflife_lo=float(self.halflife_range[0]),
-            halflife_hi=float(self.halflife_range[1]),
-            logit_scale=float(self.logit_scale),
-            drift_lo=float(self.drift_range[0]),
-            drift_hi=float(self.drift_range[1]),
-            learn_q="qlearning" in uses,
-            learn_model=bool(uses & {"mbrl", "mbrl_oracle"}),
-        )
+        named = {"weights_cdf": cdf, "label_oracle": pol.POLICY_ID[self.label_policy], "redraw_prob": self.policy_redraw_prob,
+                 "hide_sequence_prob": self.tag_hide_sequence_prob, "hide_episode_prob": self.tag_hide_episode_prob,
+                 "learn_q": "qlearning" in uses, "learn_model": bool(uses & {"mbrl", "mbrl_oracle"})}
+        for name in pol.PolicyParams._fields:
+            stem, _, end = name.rpartition("_")
+            if name not in named:
+                named[name] = getattr(self, f"{stem}_range")[end == "hi"] if end in ("lo", "hi") else getattr(self, name)
+        kinds = typing.get_type_hints(pol.PolicyParams)
+        return pol.PolicyParams(**{name: kinds[name](v) if kinds[name] in (int, float, bool) else v for name, v in named.items()})
 
     def sample_task(self, rng: np.random.Generator) -> Task:
         """One task of the configured family, drawn from ``rng``."""

@@ -70,22 +70,14 @@ def _config_error(message: str) -> Exception:
     return ConfigError(message)
 
 
-def generator_config_of(data_cfg: Any):
-    """The generator settings of a ``DataConfig``: ``data.generator`` with the sizes of ``data``
-    (``shards.generator_config``; ``ValueError`` naming the key if one is bad)."""
-    return shards.generator_config({**(data_cfg.generator or {}), "n_states": data_cfg.n_states,
-                                    "n_actions": data_cfg.n_actions, "seq_len": data_cfg.seq_len},
-                                   "config key 'data.generator'")
-
-
 def make_loader(data_cfg: Any, *, batch_size: int, segment_len: int, seed: int,
                 rows: Optional[slice] = None) -> "SegmentLoader":
     """An iterator of schema batches ``[rows, segment_len]`` with ``state()``/``restore()``: rows
     ``rows`` (default all) of the global batch of ``batch_size`` rows (module doc).
 
-    ``data_cfg`` has ``source`` ("generate" | "shards"), ``path``, ``n_states``, ``n_actions``,
-    ``seq_len``, ``workers`` and ``generator`` (extra ``GeneratorConfig`` fields). Raises the
-    trainer's ``ConfigError`` (one line) for a config it cannot serve.
+    ``data_cfg`` has ``source`` ("generate" | "shards"), ``path``, ``workers`` and ``generator``
+    (a ``GeneratorConfig``: the sequences' sizes, and their generation). Raises the trainer's
+    ``ConfigError`` (one line) for a config it cannot serve.
     """
     for name, value, low in (("batch_size", batch_size, 1), ("segment_len", segment_len, 1), ("seed", seed, 0)):
         if not isinstance(value, (int, np.integer)) or value < low:
@@ -95,8 +87,8 @@ def make_loader(data_cfg: Any, *, batch_size: int, segment_len: int, seed: int,
         raise _config_error(f"loader rows {rows.start}..{rows.stop} are not a contiguous part of the {batch_size}-row batch")
     if data_cfg.source not in ("generate", "shards"):
         raise _config_error(f"config key 'data.source': {data_cfg.source!r} is not one of ['generate', 'shards']")
-    if data_cfg.seq_len % segment_len:
-        raise _config_error(f"config key 'data.seq_len': {data_cfg.seq_len} is not a multiple of "
+    if data_cfg.generator.seq_len % segment_len:
+        raise _config_error(f"config key 'data.generator.seq_len': {data_cfg.generator.seq_len} is not a multiple of "
                             f"train.segment_len={segment_len} (rows stream whole sequences in lockstep)")
     cls = ShardLoader if data_cfg.source == "shards" else GenerateLoader
     return cls(data_cfg, batch_size=batch_size, segment_len=segment_len, seed=seed, rows=rows)
@@ -189,8 +181,8 @@ class ShardLoader(SegmentLoader):
         except shards.ShardError as e:
             raise _config_error(f"config key 'data.path': {e}") from None
         for key in ("n_states", "n_actions", "seq_len"):
-            if manifest[key] != getattr(data_cfg, key):
-                raise _config_error(f"config key 'data.{key}': {getattr(data_cfg, key)} but the shards in "
+            if manifest[key] != getattr(data_cfg.generator, key):
+                raise _config_error(f"config key 'data.generator.{key}': {getattr(data_cfg.generator, key)} but the shards in "
                                     f"{self.path} have {key}={manifest[key]}")
         missing = [i for i in range(manifest["num_shards"]) if str(i) not in manifest["shards"]]
         if missing:
@@ -279,18 +271,14 @@ class GenerateLoader(SegmentLoader):
 
     def __init__(self, data_cfg: Any, *, batch_size: int, segment_len: int, seed: int, rows: slice):
         self._procs, self._queues, self._local = [], [], None  # before any raise: __del__ closes them
-        extra = dict(data_cfg.generator or {})
-        for key in ("n_states", "n_actions", "seq_len"):
-            if key in extra:
-                raise _config_error(f"config key 'data.generator.{key}': set data.{key} instead")
         try:
-            self.config = generator_config_of(data_cfg)
+            self.config = data_cfg.generator.validate()
         except ValueError as e:
-            raise _config_error(str(e)) from None
+            raise _config_error(f"config key 'data.generator': {e}") from None
         if not isinstance(data_cfg.workers, int) or data_cfg.workers < 0:
             raise _config_error(f"config key 'data.workers': must be >= 0, got {data_cfg.workers!r}")
         fingerprint = hashlib.sha256(json.dumps(shards.config_dict(self.config), sort_keys=True).encode()).hexdigest()
-        super().__init__(batch_size=batch_size, segment_len=segment_len, seq_len=data_cfg.seq_len, seed=seed,
+        super().__init__(batch_size=batch_size, segment_len=segment_len, seq_len=self.config.seq_len, seed=seed,
                          dataset=f"generate:{fingerprint}", rows=rows)
         self.workers = min(data_cfg.workers, rows.stop - rows.start)
 

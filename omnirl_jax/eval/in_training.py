@@ -75,9 +75,9 @@ class InTrainingEval:
                               "training plays one (run omnirl-eval on a checkpoint for this suite)")
         (self.group,) = groups
         n_obs, n_actions = self.suite.group_size(self.group)
-        if n_obs > cfg.data.n_states or n_actions > cfg.data.n_actions:
+        if n_obs > cfg.data.generator.n_states or n_actions > cfg.data.generator.n_actions:
             raise ConfigError(f"config key 'eval.suite': {e.suite} needs {n_obs} observation ids and {n_actions} "
-                              f"actions, the model has {cfg.data.n_states} and {cfg.data.n_actions}")
+                              f"actions, the model has {cfg.data.generator.n_states} and {cfg.data.generator.n_actions}")
         if e.tasks > self.suite.n_tasks:
             raise ConfigError(f"config key 'eval.tasks': {e.tasks} is more than suite {e.suite}'s {self.suite.n_tasks}")
         self.cfg, self.out_dir = cfg, Path(out_dir)
@@ -91,8 +91,8 @@ class InTrainingEval:
 
     def _play(self, model, agent: str):
         c = self.cfg
-        (result,) = evaluate_group(model, self.suite, self.group, [MODE], [agent], n_obs=c.data.n_states,
-                                   n_actions=c.data.n_actions, n_tasks=c.eval.tasks, steps=self.suite.steps,
+        (result,) = evaluate_group(model, self.suite, self.group, [MODE], [agent], n_obs=c.data.generator.n_states,
+                                   n_actions=c.data.generator.n_actions, n_tasks=c.eval.tasks, steps=self.suite.steps,
                                    window=self.suite.window, context_steps=self.suite.context_steps, seed=c.eval.seed,
                                    temperature=1.0, log=lambda *_: None)
         return result
@@ -101,7 +101,7 @@ class InTrainingEval:
         """Plays the model with ``params`` (the train state's, any sharding). Every process must
         call it (the parameters are gathered to each host); all get the same figures."""
         self.runner.params = multihost_utils.process_allgather(params, tiled=True)
-        model = LoadedModel(self.runner, self.cfg.data.n_states, self.cfg.data.n_actions, step, self.cfg)
+        model = LoadedModel(self.runner, self.cfg.data.generator.n_states, self.cfg.data.generator.n_actions, step, self.cfg)
         result = self._play(model, "model")
         if self.baseline is None:
             self.baseline = self._play(None, self.suite.baseline)

@@ -74,7 +74,7 @@ def load_model(workdir: str | Path, step: Optional[int] = None, warn: Callable[[
     if restored is None:
         raise EvalError(f"no checkpoint in {ckpt_dir}")
     state, _, restored_step = restored
-    return LoadedModel(make_runner(cfg, state.params), cfg.data.n_states, cfg.data.n_actions, int(restored_step), cfg)
+    return LoadedModel(make_runner(cfg, state.params), cfg.data.generator.n_states, cfg.data.generator.n_actions, int(restored_step), cfg)
 
 
 def _load_export(path: Path, step: Optional[int]) -> LoadedModel:
@@ -89,7 +89,7 @@ def _load_export(path: Path, step: Optional[int]) -> LoadedModel:
         raise EvalError(str(e)) from None
     if step is not None and step != info["step"]:
         raise EvalError(f"{path} holds the parameters of step {info['step']} only, not step {step}")
-    return LoadedModel(make_runner(cfg, params), cfg.data.n_states, cfg.data.n_actions, int(info["step"]), cfg)
+    return LoadedModel(make_runner(cfg, params), cfg.data.generator.n_states, cfg.data.generator.n_actions, int(info["step"]), cfg)
 
 
 def make_runner(cfg: Config, params) -> ModelRunner:
@@ -98,4 +98,4 @@ def make_runner(cfg: Config, params) -> ModelRunner:
     parameter or result)."""
     eval_cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, chunk_size=cfg.model.tokens_per_step, remat=False))
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: build_model(eval_cfg, nnx.Rngs(0))), nnx.Param)
-    return ModelRunner(graphdef, params, cfg.data.n_actions)
+    return ModelRunner(graphdef, params, cfg.data.generator.n_actions)

@@ -15,11 +15,14 @@ from flax import nnx
 
 from omnirl_jax.config import ModelConfig
 from omnirl_jax.model.gla import gla_chunked
-from omnirl_jax.model.swa import init_cache, sliding_window_attention
 
 DECAY_TIMESCALES = (4.0, 4096.0)
 """At init, the GLA heads' memory timescales (tokens) are spread log-uniformly over this range,
 so some heads remember the last step and others whole episodes."""
+GATE_TEMPERATURE = 16.0
+"""GLA's decay is ``log_sigmoid(x) / GATE_TEMPERATURE``: larger keeps memory longer at init."""
+MLP_RATIO = 4
+"""Hidden width of the gated MLP, in multiples of ``d_model``."""
 
 
 def head_width(cfg: ModelConfig) -> int:
@@ -45,14 +48,6 @@ def _dense(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, use_bias: bo
     return Dense(d_in, d_out, use_bias=use_bias, dtype=cfg.compute_dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
-def dropout(x, rate: float, key):
-    """Inverted dropout; identity when ``key`` is None (evaluation) or ``rate`` is 0."""
-    if key is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
-
-
 class GatedLinearAttention(nnx.Module):
     """Multi-head GLA: q/k/v projections, a per-head decay gate, per-head RMSNorm, SiLU output gate."""
 
@@ -60,7 +55,7 @@ class GatedLinearAttention(nnx.Module):
         d, h = cfg.d_model, cfg.n_heads
         self.n_heads, self.head_dim = h, head_width(cfg)
         inner = h * self.head_dim
-        self.chunk_size, self.gate_temperature = cfg.chunk_size, cfg.gate_temperature
+        self.chunk_size = cfg.chunk_size
         self.q_proj, self.k_proj, self.v_proj = (_dense(cfg, d, inner, rngs) for _ in range(3))
         self.out_gate = _dense(cfg, d, inner, rngs)
         self.o_proj = _dense(cfg, inner, d, rngs)
@@ -68,7 +63,7 @@ class GatedLinearAttention(nnx.Module):
         self.decay_proj.kernel[...] = self.decay_proj.kernel[...] * 0.1
         timescales = np.geomspace(*DECAY_TIMESCALES, h)
         # log_sigmoid(bias) / temperature = -1 / timescale at init.
-        a = np.exp(-cfg.gate_temperature / timescales)
+        a = np.exp(-GATE_TEMPERATURE / timescales)
         self.decay_proj.bias[...] = jnp.asarray(np.log(a / (1.0 - a)), jnp.float32)
         self.head_norm = nnx.RMSNorm(self.head_dim, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
 
@@ -79,7 +74,7 @@ class GatedLinearAttention(nnx.Module):
         batch, length, _ = x.shape
         heads = lambda y: y.reshape(batch, length, self.n_heads, self.head_dim)
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        log_decay = jax.nn.log_sigmoid(self.decay_proj(x).astype(jnp.float32)) / self.gate_temperature
+        log_decay = jax.nn.log_sigmoid(self.decay_proj(x).astype(jnp.float32)) / GATE_TEMPERATURE
         out, state = self.mix(x, q, k, v, log_decay, state)
         out = self.head_norm(out).reshape(batch, length, -1).astype(x.dtype)
         return self.o_proj(out * jax.nn.silu(self.out_gate(x))), state
@@ -101,27 +96,6 @@ class GatedDeltaNet(GatedLinearAttention):
         unit = lambda y: y * jax.lax.rsqrt(jnp.sum(jnp.square(y.astype(jnp.float32)), -1, keepdims=True) + 1e-6)
         beta = jax.nn.sigmoid(self.beta_proj(x).astype(jnp.float32))
         return gla_chunked(unit(q), unit(k), v, log_decay, state, self.chunk_size, beta)
-
-
-class SlidingWindowAttention(nnx.Module):
-    """Multi-head softmax attention over the last ``window`` tokens (the baseline mixer)."""
-
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        d, h = cfg.d_model, cfg.n_heads
-        self.n_heads, self.head_dim, self.window = h, head_width(cfg), cfg.window
-        inner = h * self.head_dim
-        self.q_proj, self.k_proj, self.v_proj = (_dense(cfg, d, inner, rngs) for _ in range(3))
-        self.o_proj = _dense(cfg, inner, d, rngs)
-
-    def init_state(self, batch: int):
-        return init_cache(batch, self.window, self.n_heads, self.head_dim)
-
-    def __call__(self, x, state):
-        batch, length, _ = x.shape
-        heads = lambda y: y.reshape(batch, length, self.n_heads, self.head_dim)
-        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
-        out, state = sliding_window_attention(q, k, v, state, self.window)
-        return self.o_proj(out.reshape(batch, length, -1).astype(x.dtype)), state
 
 
 class TokenConv(nnx.Module):
@@ -147,7 +121,7 @@ class GatedMLP(nnx.Module):
     """SwiGLU feed-forward."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        d, f = cfg.d_model, cfg.mlp_ratio * cfg.d_model
+        d, f = cfg.d_model, MLP_RATIO * cfg.d_model
         self.gate_proj, self.up_proj = _dense(cfg, d, f, rngs), _dense(cfg, d, f, rngs)
         self.down_proj = _dense(cfg, f, d, rngs)
 
@@ -155,7 +129,7 @@ class GatedMLP(nnx.Module):
         return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
-MIXERS = {"gla": GatedLinearAttention, "delta": GatedDeltaNet, "swa": SlidingWindowAttention}
+MIXERS = {"gla": GatedLinearAttention, "delta": GatedDeltaNet}
 
 
 class Block(nnx.Module):
@@ -166,13 +140,10 @@ class Block(nnx.Module):
         self.mixer_norm, self.mlp_norm = norm(), norm()
         self.mixer = MIXERS[cfg.mixer](cfg, rngs=rngs)
         self.mlp = GatedMLP(cfg, rngs=rngs)
-        self.dropout_rate = cfg.dropout
         self.compute_dtype = jnp.dtype(cfg.compute_dtype)
 
-    def __call__(self, x, state, dropout_key=None):
-        keys = (None, None) if dropout_key is None else tuple(jax.random.split(dropout_key))
+    def __call__(self, x, state):
         h, state = self.mixer(self.mixer_norm(x).astype(self.compute_dtype), state)
-        x = x + dropout(h.astype(x.dtype), self.dropout_rate, keys[0])
+        x = x + h.astype(x.dtype)
         h = self.mlp(self.mlp_norm(x).astype(self.compute_dtype))
-        x = x + dropout(h.astype(x.dtype), self.dropout_rate, keys[1])
-        return x, state
+        return x + h.astype(x.dtype), state

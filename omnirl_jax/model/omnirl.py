@@ -1,44 +1,57 @@
-"""The OmniRL model: a step's tokens, a causal GLA (or sliding-window) backbone, three heads.
+"""The OmniRL model: a step's tokens (``embedding``), a causal GLA or delta-rule backbone, three heads.
 
-Token order per step t: prompt, observation, tag, behaviour action, reward (each embedding plus a
-token-type embedding; the reward through a linear map of the scalar), or with
-``ModelConfig.fused_step`` three tokens: prompt + observation + tag, action, reward. Options:
-the action token also carries its step's observation, through the observation embedding and an
-embedding of the (observation, action) pair (``pair_embed``); the reward token its observation
-and the pair scaled by the reward (``reward_pair``); the reward token also gets the reward's
-z-score within its sequence (``reward_zscore``); a causal convolution mixes neighbouring tokens
-(``token_conv``). The policy head reads the observation token (it has seen the prompt and
-the observation, not the action); the next-state and reward heads read the action token (they
-have seen the action, not the reward).
+The policy head reads the observation token (it has seen the prompt and the observation, not the
+action); the next-state and reward heads read the action token (they have seen the action, not
+the reward). A causal convolution may mix neighbouring tokens first (``token_conv``).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from omnirl_jax.config import ModelConfig
-from omnirl_jax.data.schema import TAGS
+from omnirl_jax.model.embedding import StepEmbedding
 from omnirl_jax.model.layers import Block, Dense, TokenConv
 
-class OmniRL(nnx.Module):
+
+@jax.tree_util.register_pytree_with_keys_class
+class Carry:
+    """What the model carries across segments, per row: each block's mixer state, the token
+    convolution's last inputs (``token_conv``; else None) and the reward statistics
+    (``reward_zscore``, ``reward_zscores``; else None).
+
+    Why a hand-made pytree: it flattens to one positional list (blocks, convolution, statistics:
+    the parts present, keys 0, 1, ...), the layout of the plain tuple it replaced, so checkpoints
+    saved before still restore. The parts present are part of the tree's structure (``layout``)."""
+
+    def __init__(self, blocks, conv=None, reward_stats=None, layout: Optional[tuple] = None):
+        self.blocks, self.conv, self.reward_stats = tuple(blocks), conv, reward_stats
+        self.layout = layout or (len(self.blocks), conv is not None, reward_stats is not None)
+
+    def tree_flatten_with_keys(self):
+        n, conv, stats = self.layout
+        parts = [*self.blocks] + [self.conv] * conv + [self.reward_stats] * stats
+        return [(jax.tree_util.SequenceKey(i), x) for i, x in enumerate(parts)], self.layout
+
+    @classmethod
+    def tree_unflatten(cls, layout, parts):
+        (n, conv, stats), parts = layout, list(parts)
+        rest = iter(parts[n:])
+        return cls(parts[:n], next(rest) if conv else None, next(rest) if stats else None, layout)
+
+
+class OmniRL(StepEmbedding):
     def __init__(self, cfg: ModelConfig, *, n_states: int, n_actions: int, rngs: nnx.Rngs,
                  behaviour_head: bool = False):
+        super().__init__(cfg, n_states=n_states, n_actions=n_actions, rngs=rngs)
         d = cfg.d_model
-        embed = lambda n: nnx.Embed(n, d, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
-        self.prompt_embed, self.tag_embed = embed(len(TAGS)), embed(len(TAGS))
-        self.obs_embed = embed(n_states)
-        self.action_embed = embed(n_actions + 1)  # + the null action
         self.reward_zscore = cfg.reward_zscore
-        self.reward_embed = Dense(2 if cfg.reward_zscore else 1, d, rngs=rngs)
-        self.fused_step, self.tokens_per_step = cfg.fused_step, cfg.tokens_per_step
         # Positions of the observation and action tokens within a step's token group.
         self.obs_at, self.action_at = (0, 1) if cfg.fused_step else (1, 3)
-        self.type_embed = embed(cfg.tokens_per_step)
-        self.pair_embed = embed(n_states * (n_actions + 1)) if cfg.pair_embed else None
-        self.reward_pair_embed = embed(n_states * (n_actions + 1)) if cfg.reward_pair else None
-        self.zscore_pair_embed = embed(n_states * (n_actions + 1)) if cfg.reward_pair and cfg.reward_zscore else None
         self.token_conv = TokenConv(d, cfg.token_conv) if cfg.token_conv > 1 else None
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
         self.final_norm = nnx.RMSNorm(d, rngs=rngs)
@@ -49,55 +62,28 @@ class OmniRL(nnx.Module):
         self.behaviour_head = head(n_actions) if behaviour_head else None  # LossConfig.behaviour
         self.remat = cfg.remat
 
-    def init_carry(self, batch: int) -> tuple:
-        """The recurrent state of every block, then of the token convolution and the reward
-        statistics (``reward_zscores``) where the config has them, for ``batch`` fresh sequences."""
-        conv = () if self.token_conv is None else (self.token_conv.init_state(batch),)
-        stats = (jnp.zeros((batch, 3), jnp.float32),) if self.reward_zscore else ()
-        return tuple(block.mixer.init_state(batch) for block in self.blocks) + conv + stats
+    def init_carry(self, batch: int) -> Carry:
+        """The ``Carry`` of ``batch`` fresh sequences."""
+        return Carry([block.mixer.init_state(batch) for block in self.blocks],
+                     None if self.token_conv is None else self.token_conv.init_state(batch),
+                     jnp.zeros((batch, 3), jnp.float32) if self.reward_zscore else None)
 
-    def embed(self, batch: dict, zscore=None):
-        """[B, T] step fields -> [B, T * tokens per step, d] token embeddings in step-major order;
-        ``zscore`` [B, T] the rewards' z-scores (``reward_zscore``)."""
-        obs, action = self.obs_embed(batch["obs"]), self.action_embed(batch["action"])
-        reward = batch["reward"][..., None].astype(jnp.float32)
-        pair = batch["obs"] * self.action_embed.num_embeddings + batch["action"]
-        if self.pair_embed is not None:
-            action = action + obs + self.pair_embed(pair)
-        scalars = reward if zscore is None else jnp.concatenate([reward, zscore[..., None]], axis=-1)
-        reward_token = self.reward_embed(scalars)
-        if self.reward_pair_embed is not None:
-            reward_token = reward_token + obs + reward * self.reward_pair_embed(pair)
-        if self.zscore_pair_embed is not None:
-            reward_token = reward_token + zscore[..., None] * self.zscore_pair_embed(pair)
-        prompt, tag = self.prompt_embed(batch["prompt"]), self.tag_embed(batch["tag"])
-        group = [prompt + obs + tag] if self.fused_step else [prompt, obs, tag]
-        tokens = jnp.stack(group + [action, reward_token], axis=2) + self.type_embed.embedding[...]
-        b, t = batch["obs"].shape
-        return tokens.reshape(b, t * self.tokens_per_step, -1)
-
-    def __call__(self, batch: dict, carry: tuple, *, dropout_key=None):
+    def __call__(self, batch: dict, carry: Carry):
         """Returns ({policy_logits [B,T,A], next_obs_logits [B,T,S], reward [B,T]}, new carry), and
         ``behaviour_logits`` [B,T,A] with a behaviour head; with ``reward_zscore``, ``reward_target``
         [B,T], the rewards' z-scores, which the reward head then predicts instead of the raw reward."""
-        carry, extra = list(carry[:len(self.blocks)]), list(carry[len(self.blocks):])
-        zscore = None
+        zscore = stats = conv = None
         if self.reward_zscore:
             zscore, stats = reward_zscores(batch["reward"], batch["action"] < self.action_embed.num_embeddings - 1,
-                                           extra.pop())
+                                           carry.reward_stats)
         x = self.embed(batch, zscore)
-        new_carry = []
         if self.token_conv is not None:
-            x, conv_state = self.token_conv(x, extra.pop())
+            x, conv = self.token_conv(x, carry.conv)
         apply = nnx.remat(Block.__call__) if self.remat else Block.__call__
-        keys = [None] * len(self.blocks) if dropout_key is None else jax.random.split(dropout_key, len(self.blocks))
-        for block, state, key in zip(self.blocks, carry, keys):
-            x, state = apply(block, x, state, key)
-            new_carry.append(state)
-        if self.token_conv is not None:
-            new_carry.append(conv_state)
-        if self.reward_zscore:
-            new_carry.append(stats)
+        states = []
+        for block, state in zip(self.blocks, carry.blocks):
+            x, state = apply(block, x, state)
+            states.append(state)
         b, t = batch["obs"].shape
         h = self.final_norm(x).reshape(b, t, self.tokens_per_step, -1)
         h_obs, h_action = h[:, :, self.obs_at], h[:, :, self.action_at]
@@ -110,7 +96,7 @@ class OmniRL(nnx.Module):
             outputs["behaviour_logits"] = self.behaviour_head(h_obs)
         if self.reward_zscore:
             outputs["reward_target"] = zscore
-        return outputs, tuple(new_carry)
+        return outputs, Carry(states, conv, stats)
 
 
 ZSCORE_FLOOR = 0.01
@@ -141,7 +127,7 @@ def reward_zscores(reward, valid, stats):
     return z, stats + running.sum(axis=1)
 
 
-def reset_carry(carry: tuple, reset):
+def reset_carry(carry: Carry, reset):
     """Zeroes the carried state of rows where ``reset`` [B] is true (a zero state is a fresh one)."""
 
     def zero_rows(x):
