@@ -26,6 +26,11 @@ class ModelConfig:
     """Width of each head's queries, keys and values; 0 means ``d_model // n_heads``. Why apart from
     ``d_model``: a GLA head's memory is a ``head_dim x head_dim`` matrix, and recalling what followed
     each of the ``S * A`` state-action pairs of a task needs about that many near-orthogonal keys."""
+    tied_qk: bool = False
+    """Queries through the key projection: a token then matches earlier tokens that share its
+    embedding (its observation, its pair) from the first step on, where separate projections
+    must first learn to align. cbandit-8 rung: the policy loss leaves ln 5 at step ~250 instead of
+    ~450 (docs/experiments.md)."""
     pair_embed: bool = False
     """Add to the action token its step's observation embedding and an embedding of the
     (observation, action) pair. Why: recalling what was done in a state, and what an action did

@@ -120,6 +120,22 @@ def test_reset_carry_zeroes_only_reset_rows(forward, batch):
         np.testing.assert_array_equal(after[1], before[1])
 
 
+def test_tied_queries_are_the_keys(batch):
+    """``tied_qk``: no query projection; the model equals an untied one whose query projections
+    are set to its key projections."""
+    tied, untied = make_model(mixer="delta", tied_qk=True), make_model(mixer="delta")
+    assert all(block.mixer.q_proj is None for block in tied.blocks)
+    for block in untied.blocks:
+        block.mixer.q_proj.kernel[...] = block.mixer.k_proj.kernel[...]
+    path = lambda p: jax.tree_util.keystr(p)
+    given = {path(p): x for p, x in jax.tree_util.tree_flatten_with_path(nnx.state(untied, nnx.Param))[0]}
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(nnx.state(tied, nnx.Param))
+    nnx.update(tied, jax.tree_util.tree_unflatten(treedef, [given[path(p)] for p, _ in leaves]))
+    out_tied, _ = tied(batch, tied.init_carry(2))
+    out_untied, _ = untied(batch, untied.init_carry(2))
+    np.testing.assert_allclose(out_tied["policy_logits"], out_untied["policy_logits"], rtol=1e-5, atol=1e-5)
+
+
 def test_reward_zscores_against_earlier_valid_rewards():
     from omnirl_jax.model.omnirl import ZSCORE_CLIP, ZSCORE_FLOOR, reward_zscores
 

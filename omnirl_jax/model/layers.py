@@ -56,7 +56,8 @@ class GatedLinearAttention(nnx.Module):
         self.n_heads, self.head_dim = h, head_width(cfg)
         inner = h * self.head_dim
         self.chunk_size = cfg.chunk_size
-        self.q_proj, self.k_proj, self.v_proj = (_dense(cfg, d, inner, rngs) for _ in range(3))
+        self.q_proj = None if cfg.tied_qk else _dense(cfg, d, inner, rngs)
+        self.k_proj, self.v_proj = (_dense(cfg, d, inner, rngs) for _ in range(2))
         self.out_gate = _dense(cfg, d, inner, rngs)
         self.o_proj = _dense(cfg, inner, d, rngs)
         self.decay_proj = _dense(cfg, d, h, rngs, use_bias=True)
@@ -73,7 +74,8 @@ class GatedLinearAttention(nnx.Module):
     def __call__(self, x, state):
         batch, length, _ = x.shape
         heads = lambda y: y.reshape(batch, length, self.n_heads, self.head_dim)
-        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        k, v = heads(self.k_proj(x)), heads(self.v_proj(x))
+        q = k if self.q_proj is None else heads(self.q_proj(x))
         log_decay = jax.nn.log_sigmoid(self.decay_proj(x).astype(jnp.float32)) / GATE_TEMPERATURE
         out, state = self.mix(x, q, k, v, log_decay, state)
         out = self.head_norm(out).reshape(batch, length, -1).astype(x.dtype)
