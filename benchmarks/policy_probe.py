@@ -18,7 +18,13 @@ term, ``loss.behaviour``, stays), with no context warm-up, on a ladder rung's ge
   and the skill a contextual bandit needs);
 * ``label``: the real label (the generator's ``label_policy``, opt3 as the rungs train on).
 
-For each it prints the policy loss and accuracy, averaged over the last ``--tail`` steps, the loss
+With ``--checkpoint RUN`` it trains nothing: it reads a trained run's greedy policy on fresh
+sequences of the run's own data (one pass over each whole sequence) and prints, per span of steps
+of the sequence, how often it equals the label, how often the rules above do, and how often the
+model follows each rule: where a policy stops improving along its context, and which rule it is
+closest to (``trained_agreement``).
+
+For each target it prints the policy loss and accuracy, averaged over the last ``--tail`` steps, the loss
 curve (mean of each ``--tail`` steps: a plateau at ln A that ends late is not a no), the step where
 it left chance (``LEFT_CHANCE``), and two references, the agreement of the target with a rule over the same steps:
 
@@ -38,6 +44,7 @@ whether the mechanism the policy needs is learnable by the model of the config, 
     python benchmarks/policy_probe.py --set model.n_heads=4 --targets majority
     python benchmarks/policy_probe.py --targets label --set loss.behaviour=0   # without behaviour cloning
     python benchmarks/policy_probe.py --targets label --set "data.generator.policy_weights={random_drift: 1.0}"
+    python benchmarks/policy_probe.py --checkpoint runs/ladder/cbandit-8   # a trained rung, read
 """
 
 from __future__ import annotations
@@ -140,6 +147,40 @@ def left_chance(curve: np.ndarray, tail: int, chance: float) -> int | None:
     return int((below[0] + 1) * tail) if below.size else None
 
 
+READ_RULES = ("state_best_reward", "state_best_last_reward", "state_majority", "state_last")
+"""The rules a trained policy is compared with (``--checkpoint``)."""
+
+
+def trained_agreement(workdir: str, n_sequences: int, seed: int) -> tuple[np.ndarray, dict]:
+    """A trained run's greedy actions on ``n_sequences`` fresh sequences of its config's data
+    (``seed`` not the run's own), read in one pass each. Returns the span edges (steps of the
+    sequence) and, per span, the agreement of: the model and the label (``"model"``), each rule
+    and the label (``rule``), the model and each rule (``"model=" + rule``); over labelled steps."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from omnirl_jax.eval.restore import load_model
+
+    loaded = load_model(workdir, warn=lambda *_: None)
+    cfg, gen = loaded.config, loaded.config.data.generator
+    with make_loader(dataclasses.replace(cfg.data, workers=0), batch_size=n_sequences, segment_len=gen.seq_len,
+                     seed=seed) as loader:
+        batch = next(loader)
+    model = nnx.merge(loaded.runner.graphdef, loaded.runner.params)
+    inputs = {k: jnp.asarray(batch[k]) for k in ("obs", "action", "reward", "prompt", "tag")}
+    outputs, _ = jax.jit(lambda x: model(x, model.init_carry(n_sequences)))(inputs)
+    actions = {"model": np.asarray(outputs["policy_logits"]).argmax(-1)}
+    actions.update((rule, rule_labels(rule, batch, gen.n_states, gen.n_actions)) for rule in READ_RULES)
+    label, labelled = batch["label"], batch["label"] != gen.n_actions
+    edges = np.unique(np.clip([0, 32, 128, 256, 512, 1024, 2048, 4096, gen.seq_len], 0, gen.seq_len))
+    spans = list(zip(edges[:-1], edges[1:]))
+    agree = lambda a, b: np.array([np.mean((a == b)[:, lo:hi][labelled[:, lo:hi]]) for lo, hi in spans])
+    table = {name: agree(act, label) for name, act in actions.items()}
+    table.update((f"model={rule}", agree(actions["model"], actions[rule])) for rule in READ_RULES)
+    return edges, table
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "ladder" / "anymdp-16.yaml"))
@@ -147,7 +188,16 @@ def main(argv=None) -> int:
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, of {', '.join(TARGETS)}")
     parser.add_argument("--steps", type=int, default=150, help="optimiser steps per target")
     parser.add_argument("--tail", type=int, default=30, help="final steps averaged in the report")
+    parser.add_argument("--checkpoint", metavar="RUN", help="read this trained run's policy instead of training")
+    parser.add_argument("--sequences", type=int, default=16, help="fresh sequences read (--checkpoint)")
     args = parser.parse_args(argv)
+    if args.checkpoint:
+        edges, table = trained_agreement(args.checkpoint, args.sequences, seed=args.sequences + 10_000)
+        print(f"agreement over labelled steps, {args.sequences} fresh sequences; steps of the sequence:")
+        print(f"{'':30s}" + "".join(f"{f'{lo}-{hi}':>11s}" for lo, hi in zip(edges[:-1], edges[1:])))
+        for name, row in table.items():
+            print(f"{name + (' = label' if '=' not in name else ''):30s}" + "".join(f"{x:11.3f}" for x in row))
+        return 0
     cfg = load_config(args.config, PROBE_OVERRIDES + [f"train.steps={args.steps}"] + args.set)
     # One segment per sequence: every batch starts fresh sequences, so the carry is always reset.
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=cfg.train.segment_len))

@@ -59,12 +59,6 @@ class ModelConfig:
     policy still reads a token that has seen neither the action nor the reward (it now sees the
     step's tag, which says who acts, not what). Measured on the demo config: 1.58 training steps/s
     against 1.03."""
-    action_reward_token: bool = False
-    """With ``fused_step``, two tokens per step: the reward joins its action's token, and the
-    world-model heads read the observation token and predict for every action (the loss takes the
-    one acted). Why: a third fewer tokens, so a third less compute per step, and the reward head's
-    per-action estimates sit where the policy reads. Both heads still see neither the step's
-    action nor its reward."""
     token_conv: int = 0
     """Taps of a causal depthwise convolution over the token embeddings (0 or 1: none). Why: with
     ``tokens_per_step + 3`` taps every token also sees the fields of its own and the previous step
@@ -81,9 +75,8 @@ class ModelConfig:
 
     @property
     def tokens_per_step(self) -> int:
-        """Tokens per environment step: prompt, observation, tag, action, reward (3 when fused, 2
-        with ``action_reward_token``)."""
-        return (2 if self.action_reward_token else 3) if self.fused_step else 5
+        """Tokens per environment step: prompt, observation, tag, action, reward (3 when fused)."""
+        return 3 if self.fused_step else 5
 
 
 @dataclasses.dataclass
@@ -272,9 +265,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'mesh.data': must be positive or -1, got {cfg.mesh.data}")
     if m.token_conv < 0:
         raise ConfigError(f"config key 'model.token_conv': must be >= 0 (0 or 1: none), got {m.token_conv}")
-    if m.action_reward_token and not m.fused_step:
-        raise ConfigError("config key 'model.action_reward_token': needs model.fused_step (the five-token layout keeps "
-                          "its reward token)")
     if m.head_dim < 0:
         raise ConfigError(f"config key 'model.head_dim': must be >= 0 (0: d_model // n_heads), got {m.head_dim}")
     if m.head_dim == 0 and m.d_model % m.n_heads:

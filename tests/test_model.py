@@ -37,10 +37,6 @@ VARIANTS = {
     # The bandit rung's layout: delta rule, pairs, reward z-scores carried across calls.
     "delta-reward-zscore": {"mixer": "delta", "fused_step": True, "pair_embed": True, "reward_pair": True,
                             "reward_zscore": True, "token_conv": 4},
-    # Two tokens per step: the reward in its action's token, world-model heads per action.
-    "delta-action-reward-token": {"mixer": "delta", "fused_step": True, "action_reward_token": True,
-                                  "pair_embed": True, "reward_pair": True, "reward_zscore": True, "token_conv": 4,
-                                  "tied_qk": True},
 }
 
 
@@ -75,7 +71,7 @@ def test_output_shapes_and_dtypes(forward, batch):
 
 def test_tokens_per_step(forward, batch):
     model, _ = forward
-    per_step = (2 if model.action_reward_token else 3) if model.fused_step else 5
+    per_step = 3 if model.fused_step else 5
     zscore = jnp.zeros(batch["reward"].shape) if model.reward_zscore else None
     assert model.embed(batch, zscore).shape[:2] == (2, 24 * per_step)
 

@@ -51,3 +51,14 @@ def test_agreement():
     np.testing.assert_array_equal(policy_probe.rule_labels("state_best_reward", batch, 1, NULL), [[NULL, 1, 1, 0]])
     assert agree(policy_probe.REWARD_RULE) == 1.0
     assert agree(("majority",)) == 2 / 3  # the most frequent action is 1 at steps 1..3; the target ends on 0
+
+
+def test_trained_agreement_reads_the_shipped_bandit_model():
+    """``--checkpoint`` mode on the exported bandit model: its greedy arm, read over whole fresh
+    sequences, equals the label far above chance (1/5) late in the sequence, and a rule's
+    agreement with itself through the model's columns is well formed."""
+    edges, table = policy_probe.trained_agreement(str(Path(__file__).parents[1] / "pretrained" / "bandit-5"), 2, seed=7)
+    assert edges[0] == 0 and edges[-1] == 256
+    assert set(table) >= {"model", "state_best_reward", "model=state_best_reward"}
+    assert all(row.shape == (len(edges) - 1,) and np.all((row >= 0) & (row <= 1)) for row in table.values())
+    assert table["model"][-1] > 0.5

@@ -94,9 +94,7 @@ def _agent_replays(runner, traj, carry):
 
 
 @pytest.mark.parametrize("temperature, options", [(0.0, {}), (1.0, {}),
-                                                  (1.0, {"fused_step": True, "reward_pair": True, "pair_embed": True}),
-                                                  (0.0, {"fused_step": True, "action_reward_token": True,
-                                                         "reward_pair": True, "pair_embed": True})])
+                                                  (1.0, {"fused_step": True, "reward_pair": True, "pair_embed": True})])
 def test_model_stepping_equals_one_pass(tasks, temperature, options):
     cfg = ModelConfig(d_model=16, n_layers=2, n_heads=2, remat=False, **options)
     cfg.chunk_size = cfg.tokens_per_step

@@ -2,8 +2,7 @@
 
 Token order per step t: prompt, observation, tag, behaviour action, reward (each embedding plus a
 token-type embedding; the reward through a linear map of the scalar), or with
-``ModelConfig.fused_step`` three tokens: prompt + observation + tag, action, reward, and with
-``action_reward_token`` two, the reward token's embedding added to the action's. Options: the
+``ModelConfig.fused_step`` three tokens: prompt + observation + tag, action, reward. Options: the
 action token also carries its step's observation, through the observation embedding and an
 embedding of the (observation, action) pair (``pair_embed``); the reward token its observation
 and the pair scaled by the reward (``reward_pair``); the reward token also gets the reward's
@@ -32,7 +31,6 @@ class StepEmbedding(nnx.Module):
         self.action_embed = embed(n_actions + 1)  # + the null action
         self.reward_embed = Dense(2 if cfg.reward_zscore else 1, d, rngs=rngs)
         self.fused_step, self.tokens_per_step = cfg.fused_step, cfg.tokens_per_step
-        self.action_reward_token = cfg.action_reward_token
         self.type_embed = embed(cfg.tokens_per_step)
         pairs = n_states * (n_actions + 1)
         self.pair_embed = embed(pairs) if cfg.pair_embed else None
@@ -55,7 +53,6 @@ class StepEmbedding(nnx.Module):
             reward_token = reward_token + zscore[..., None] * self.zscore_pair_embed(pair)
         prompt, tag = self.prompt_embed(batch["prompt"]), self.tag_embed(batch["tag"])
         group = [prompt + obs + tag] if self.fused_step else [prompt, obs, tag]
-        rest = [action + reward_token] if self.action_reward_token else [action, reward_token]
-        tokens = jnp.stack(group + rest, axis=2) + self.type_embed.embedding[...]
+        tokens = jnp.stack(group + [action, reward_token], axis=2) + self.type_embed.embedding[...]
         b, t = batch["obs"].shape
         return tokens.reshape(b, t * self.tokens_per_step, -1)

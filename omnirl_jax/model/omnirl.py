@@ -2,9 +2,7 @@
 
 The policy head reads the observation token (it has seen the prompt and the observation, not the
 action); the next-state and reward heads read the action token (they have seen the action, not
-the reward), or, where the reward shares the action's token (``action_reward_token``), the
-observation token, one prediction per action. A causal convolution may mix neighbouring tokens
-first (``token_conv``).
+the reward). A causal convolution may mix neighbouring tokens first (``token_conv``).
 """
 
 from __future__ import annotations
@@ -59,11 +57,8 @@ class OmniRL(StepEmbedding):
         self.final_norm = nnx.RMSNorm(d, rngs=rngs)
         head = lambda n: Dense(d, n, dtype=jnp.float32, param_dtype=jnp.float32, rngs=rngs)
         self.policy_head = head(n_actions)
-        # With action_reward_token the world-model heads read the observation token: one
-        # prediction per action, of which the loss takes the one acted.
-        self.world_actions = n_actions if cfg.action_reward_token else 1
-        self.next_state_head = head(n_states * self.world_actions)
-        self.reward_head = head(self.world_actions)
+        self.next_state_head = head(n_states)
+        self.reward_head = head(1)
         self.behaviour_head = head(n_actions) if behaviour_head else None  # LossConfig.behaviour
         self.remat = cfg.remat
 
@@ -91,16 +86,12 @@ class OmniRL(StepEmbedding):
             states.append(state)
         b, t = batch["obs"].shape
         h = self.final_norm(x).reshape(b, t, self.tokens_per_step, -1)
-        h_obs = h[:, :, self.obs_at]
-        if self.world_actions == 1:
-            h_action = h[:, :, self.action_at]
-            next_obs_logits, reward = self.next_state_head(h_action), self.reward_head(h_action)[..., 0]
-        else:  # action_reward_token: per-action predictions at the observation token
-            acted = jnp.minimum(batch["action"], self.world_actions - 1)[..., None]  # null action: masked by the loss
-            next_obs_logits = jnp.take_along_axis(
-                self.next_state_head(h_obs).reshape(b, t, self.world_actions, -1), acted[..., None], axis=2)[:, :, 0]
-            reward = jnp.take_along_axis(self.reward_head(h_obs), acted, axis=2)[..., 0]
-        outputs = {"policy_logits": self.policy_head(h_obs), "next_obs_logits": next_obs_logits, "reward": reward}
+        h_obs, h_action = h[:, :, self.obs_at], h[:, :, self.action_at]
+        outputs = {
+            "policy_logits": self.policy_head(h_obs),
+            "next_obs_logits": self.next_state_head(h_action),
+            "reward": self.reward_head(h_action)[..., 0],
+        }
         if self.behaviour_head is not None:
             outputs["behaviour_logits"] = self.behaviour_head(h_obs)
         if self.reward_zscore:
