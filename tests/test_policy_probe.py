@@ -54,9 +54,9 @@ def test_agreement():
 
 
 def test_trained_agreement_reads_the_shipped_bandit_model():
-    """``--checkpoint`` mode on the exported bandit model: its greedy arm, read over whole fresh
-    sequences, equals the label far above chance (1/5) late in the sequence, and a rule's
-    agreement with itself through the model's columns is well formed."""
+    """``--checkpoint`` mode on the exported bandit model: one agreement per span of the 256-step
+    sequence for the model, each rule and the model against each rule, and the model's greedy arm
+    equals the label far above chance (1/5) late in the sequence."""
     edges, table = policy_probe.trained_agreement(str(Path(__file__).parents[1] / "pretrained" / "bandit-5"), 2, seed=7)
     assert edges[0] == 0 and edges[-1] == 256
     assert set(table) >= {"model", "state_best_reward", "model=state_best_reward"}
