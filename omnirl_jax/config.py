@@ -184,6 +184,12 @@ class EvalConfig:
     """Tasks played (the suite's first ones; at most the suite's size)."""
     seed: int = 0
     """Seed of the environments' and the policy's randomness in every evaluation."""
+    temperature: float = 1.0
+    """Temperature the model's policy is sampled at online, here, in ``benchmarks/icrl_ladder.py``
+    and by default in ``omnirl-eval`` (0: greedy). 1 samples the distribution the model was
+    trained to output (posterior sampling of the best action). Why another value: a policy that
+    is flatter than its evidence supports gains from sharper sampling; choose it on validation
+    tasks, not the reported ones (cbandit-8: docs/experiments.md)."""
 
 
 @dataclasses.dataclass
@@ -258,6 +264,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key {key!r}: must be positive, got {value}")
     if d.workers < 0:
         raise ConfigError(f"config key 'data.workers': must be >= 0 (0 generates in the trainer process), got {d.workers}")
+    if not cfg.eval.temperature >= 0:
+        raise ConfigError(f"config key 'eval.temperature': must be >= 0 (0: greedy), got {cfg.eval.temperature}")
     if cfg.eval.every < 0 or cfg.eval.tasks <= 0:
         raise ConfigError(f"config key 'eval.every'/'eval.tasks': every must be >= 0 (0: no evaluation) and tasks positive, "
                           f"got {cfg.eval.every} and {cfg.eval.tasks}")

@@ -79,6 +79,22 @@ def test_end_to_end_writes_reports(workdir, tmp_path):
     assert (out / "anymdp-16_online.png").stat().st_size > 0 and (out / "anymdp-16_offline.png").is_file()
 
 
+def test_the_model_is_sampled_at_its_configs_temperature_by_default(workdir, tmp_path):
+    """Without ``temperature`` the model plays at its run's ``eval.temperature`` (here 0: greedy),
+    as an explicit 0 does, not at 1."""
+    greedy = tmp_path / "greedy"
+    greedy.mkdir()
+    (greedy / "checkpoints").symlink_to(workdir / "checkpoints")
+    raw = yaml.safe_load((workdir / "config.yaml").read_text())
+    raw.setdefault("eval", {})["temperature"] = 0.0
+    (greedy / "config.yaml").write_text(yaml.safe_dump(raw))
+    play = lambda **kw: run(str(greedy), ["anymdp-16"], modes=["online"], agents=["model"], out=tmp_path / "eval",
+                            n_tasks=2, steps=128, window=64, log=lambda *_: None, **kw)[0].curves
+    default = play()
+    np.testing.assert_array_equal(default, play(temperature=0.0))
+    assert not np.array_equal(default, play(temperature=1.0))
+
+
 def test_bandit_suite_plays_the_bandit_baselines(tmp_path):
     """bandit-5 without a model: its own baselines by default; the bandit algorithms land between
     random (0) and oracle (1), and well above random over 256 pulls."""

@@ -38,7 +38,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, help="interaction steps per task and mode (default: the suite's)")
     parser.add_argument("--window", type=int, help="steps per curve point (default: the suite's)")
     parser.add_argument("--context-steps", type=int, help="context records in offline/imitation modes")
-    parser.add_argument("--temperature", type=float, default=1.0, help="policy sampling temperature (0: greedy)")
+    parser.add_argument("--temperature", type=float,
+                        help="policy sampling temperature (0: greedy; default: the run's eval.temperature)")
     parser.add_argument("--seed", type=int, default=0, help="seed of env, policy and baseline randomness")
     parser.add_argument("--step", type=int, help="checkpoint step to restore (default: the latest)")
     args = parser.parse_args(argv)

@@ -12,7 +12,8 @@ Modes (spec section 4), all acting with prompt ``opt3``, the model's own steps t
 
 After a context the model (and each learning baseline, which first ``update``s on the context's
 transitions) starts a fresh episode. Actions are sampled from the policy head's softmax at
-``--temperature`` (1: the distribution the model was trained to output; 0: greedy). Live suites
+``--temperature`` (1: the distribution the model was trained to output; 0: greedy; by default the
+run's ``eval.temperature``). Live suites
 (``mountaincar``, ``pendulum``: Gymnasium envs with no table, ``live`` module doc) play online
 only, the model through ``omnirl_jax.agent.InContextAgent`` and each baseline of
 ``live.LIVE_BASELINES`` through the envs' own ``step``; the other suites run on tables
@@ -268,12 +269,13 @@ def summary_table(results: Sequence[Result]) -> str:
 def run(checkpoint: Optional[str], suites: Sequence[str], *, modes: Sequence[str] = MODES,
         agents: Optional[Sequence[str]] = None, out: str | Path = "eval", n_tasks: Optional[int] = None,
         steps: Optional[int] = None, window: Optional[int] = None, context_steps: Optional[int] = None,
-        seed: int = 0, temperature: float = 1.0, step: Optional[int] = None, log=print) -> list[Result]:
+        seed: int = 0, temperature: Optional[float] = None, step: Optional[int] = None, log=print) -> list[Result]:
     """Evaluates ``agents`` on ``suites`` (names of ``suites.SUITES``) and writes the reports.
 
     ``agents`` None means the model (when a ``checkpoint`` is given) and each suite's own
     ``Suite.baselines``. ``checkpoint`` may be None when ``agents`` holds no ``model`` (baselines
-    only, vocabulary of each suite's own size). Raises ``EvalError`` with a one-line message on bad input.
+    only, vocabulary of each suite's own size). ``temperature`` None: the model's config's
+    ``eval.temperature``. Raises ``EvalError`` with a one-line message on bad input.
     """
     for name, given, known in (("mode", modes, MODES), ("agent", agents or (), AGENTS)):
         for x in given:
@@ -302,6 +304,8 @@ def run(checkpoint: Optional[str], suites: Sequence[str], *, modes: Sequence[str
             raise EvalError("--checkpoint is required to evaluate the model")
         model = load_model(checkpoint, step, warn=log)
         log(f"model: {checkpoint} step {model.step} ({model.n_states} observation ids, {model.n_actions} actions)")
+    if temperature is None:
+        temperature = model.config.eval.temperature if model is not None else 1.0
     results = []
     for suite in suite_defs:
         groups = []
