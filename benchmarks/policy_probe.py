@@ -22,7 +22,12 @@ With ``--checkpoint RUN`` it trains nothing: it reads a trained run's greedy pol
 sequences of the run's own data (one pass over each whole sequence) and prints, per span of steps
 of the sequence, how often it equals the label, how often the rules above do, and how often the
 model follows each rule: where a policy stops improving along its context, and which rule it is
-closest to (``trained_agreement``).
+closest to (``trained_agreement``). With ``--online`` as well, the contexts are the model's own: it
+plays the first tasks of its run's evaluation suite online, sampled at the run's
+``eval.temperature`` (or ``--temperature``), and the table says, per span, how many actions it has
+tried in the current observation, how often the action it took, its greedy action (re-read in one
+pass; bandit suites only) and the best-mean-reward rule on its own history equal the oracle's
+action (``online_agreement``): whether what it lacks is reading its context or gathering one.
 
 For each target it prints the policy loss and accuracy, averaged over the last ``--tail`` steps, the loss
 curve (mean of each ``--tail`` steps: a plateau at ln A that ends late is not a no), the step where
@@ -45,6 +50,7 @@ whether the mechanism the policy needs is learnable by the model of the config, 
     python benchmarks/policy_probe.py --targets label --set loss.behaviour=0   # without behaviour cloning
     python benchmarks/policy_probe.py --targets label --set "data.generator.policy_weights={random_drift: 1.0}"
     python benchmarks/policy_probe.py --checkpoint runs/ladder/cbandit-8   # a trained rung, read
+    python benchmarks/policy_probe.py --checkpoint runs/ladder/cbandit-8 --online --suite cbandit-8   # its own play
 """
 
 from __future__ import annotations
@@ -181,6 +187,61 @@ def trained_agreement(workdir: str, n_sequences: int, seed: int) -> tuple[np.nda
     return edges, table
 
 
+def online_agreement(workdir: str, suite: str | None, n_tasks: int, temperature: float | None,
+                     seed: int) -> tuple[np.ndarray, dict]:
+    """A trained run played online on the first ``n_tasks`` tasks of ``suite`` (None: its config's
+    ``eval.suite``), sampled at ``temperature`` (None: its ``eval.temperature``). Returns the span
+    edges and, per span of interaction steps: the mean number of actions tried so far in the
+    current observation, and how often the action taken, the model's greedy action on the same
+    history (bandit suites, where every pull is a one-step episode and the history holds no
+    terminal records) and the ``state_best_reward`` rule on its own history equal the oracle's
+    action in the true state (``baselines.oracle_table``)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from anymdp_gym.jax import dynamics as env_jax
+    from omnirl_jax.data.schema import TAG_ID
+    from omnirl_jax.eval.baselines import oracle_table
+    from omnirl_jax.eval.restore import load_model
+    from omnirl_jax.eval.rollout import PROMPT
+    from omnirl_jax.eval.suites import get_suite
+
+    loaded = load_model(workdir, warn=lambda *_: None)
+    cfg, gen = loaded.config, loaded.config.data.generator
+    suite = get_suite(suite or cfg.eval.suite)
+    tasks = suite.tasks(suite.groups()[0], gen.n_states, n_tasks)
+    runner = loaded.runner
+    temperature = cfg.eval.temperature if temperature is None else temperature
+    traj, _ = runner.rollout(runner.init_carry(len(tasks)), env_jax.from_tasks(tasks, gen.n_actions),
+                             jax.random.key(seed), n_steps=suite.steps, tag=TAG_ID["unk"], temperature=temperature)
+    traj = jax.device_get(traj)
+    obs, action = np.asarray(traj.obs), np.asarray(traj.action)
+    history = {"obs": obs, "action": action, "reward": np.asarray(traj.reward, np.float32)}
+    label = np.stack([oracle_table(task, gen.n_states)[o] for task, o in zip(tasks, obs)])
+    actions = {"acted": action, "rule": rule_labels("state_best_reward", history, gen.n_states, gen.n_actions)}
+    if np.asarray(traj.terminated).all():  # one-step episodes: the trajectory is the model's whole history
+        model = nnx.merge(runner.graphdef, runner.params)
+        batch = {k: jnp.asarray(v) for k, v in history.items()}
+        batch.update(prompt=jnp.full_like(batch["obs"], PROMPT), tag=jnp.full_like(batch["obs"], TAG_ID["unk"]))
+        outputs, _ = jax.jit(lambda x: model(x, model.init_carry(len(tasks))))(batch)
+        actions["greedy"] = np.asarray(outputs["policy_logits"]).argmax(-1)
+    seen = np.zeros(obs.shape[:1] + (gen.n_states, gen.n_actions), bool)
+    tried = np.zeros(obs.shape)
+    rows = np.arange(obs.shape[0])
+    for t in range(obs.shape[1]):
+        tried[:, t] = seen[rows, obs[:, t]].sum(axis=1)
+        seen[rows, obs[:, t], action[:, t]] = True
+    edges = np.unique(np.clip([0, 32, 128, 256, 512, 1024, 2048, 4096, obs.shape[1]], 0, obs.shape[1]))
+    spans = list(zip(edges[:-1], edges[1:]))
+    per_span = lambda x: np.array([np.mean(x[:, lo:hi]) for lo, hi in spans])
+    table = {"actions tried in this observation": per_span(tried)}
+    table.update((f"{name} = oracle", per_span(act == label)) for name, act in actions.items())
+    if "greedy" in actions:
+        table["greedy = rule"] = per_span(actions["greedy"] == actions["rule"])
+    return edges, table
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "ladder" / "anymdp-16.yaml"))
@@ -190,13 +251,24 @@ def main(argv=None) -> int:
     parser.add_argument("--tail", type=int, default=30, help="final steps averaged in the report")
     parser.add_argument("--checkpoint", metavar="RUN", help="read this trained run's policy instead of training")
     parser.add_argument("--sequences", type=int, default=16, help="fresh sequences read (--checkpoint)")
+    parser.add_argument("--online", action="store_true", help="with --checkpoint: read the model on its own play")
+    parser.add_argument("--suite", help="evaluation suite played (--online; default the run's eval.suite)")
+    parser.add_argument("--tasks", type=int, default=64, help="evaluation tasks played (--online)")
+    parser.add_argument("--temperature", type=float, help="sampling temperature (--online; default the run's)")
     args = parser.parse_args(argv)
+    if args.online and not args.checkpoint:
+        parser.error("--online reads a trained run: give --checkpoint RUN")
     if args.checkpoint:
-        edges, table = trained_agreement(args.checkpoint, args.sequences, seed=args.sequences + 10_000)
-        print(f"agreement over labelled steps, {args.sequences} fresh sequences; steps of the sequence:")
-        print(f"{'':30s}" + "".join(f"{f'{lo}-{hi}':>11s}" for lo, hi in zip(edges[:-1], edges[1:])))
+        if args.online:
+            edges, table = online_agreement(args.checkpoint, args.suite, args.tasks, args.temperature, seed=0)
+            print(f"online, the model's own play on {args.tasks} evaluation tasks; interaction steps:")
+        else:
+            edges, table = trained_agreement(args.checkpoint, args.sequences, seed=args.sequences + 10_000)
+            print(f"agreement over labelled steps, {args.sequences} fresh sequences; steps of the sequence:")
+            table = {name + (" = label" if "=" not in name else ""): row for name, row in table.items()}
+        print(f"{'':36s}" + "".join(f"{f'{lo}-{hi}':>11s}" for lo, hi in zip(edges[:-1], edges[1:])))
         for name, row in table.items():
-            print(f"{name + (' = label' if '=' not in name else ''):30s}" + "".join(f"{x:11.3f}" for x in row))
+            print(f"{name:36s}" + "".join(f"{x:11.3f}" for x in row))
         return 0
     cfg = load_config(args.config, PROBE_OVERRIDES + [f"train.steps={args.steps}"] + args.set)
     # One segment per sequence: every batch starts fresh sequences, so the carry is always reset.

@@ -1,4 +1,5 @@
-"""The rule labels of benchmarks/policy_probe.py (the probe trusts them to be computable targets)."""
+"""The rule labels of benchmarks/policy_probe.py (the probe trusts them to be computable targets) and its
+reading of a trained model on its own online play."""
 
 import importlib.util
 from pathlib import Path
@@ -62,3 +63,14 @@ def test_trained_agreement_reads_the_shipped_bandit_model():
     assert set(table) >= {"model", "state_best_reward", "model=state_best_reward"}
     assert all(row.shape == (len(edges) - 1,) and np.all((row >= 0) & (row <= 1)) for row in table.values())
     assert table["model"][-1] > 0.5
+
+
+def test_online_agreement_rereads_the_actions_played(tiny_workdir):
+    """Played greedily, the one-pass re-read of the model's own history gives the actions it took:
+    the rollout and the re-read see the same tokens."""
+    edges, table = policy_probe.online_agreement(str(tiny_workdir), "bandit-5", n_tasks=4, temperature=0.0, seed=0)
+    assert list(edges) == [0, 32, 128, 256]
+    np.testing.assert_allclose(table["greedy = oracle"], table["acted = oracle"])
+    tried = table["actions tried in this observation"]
+    assert np.all(np.diff(tried) >= 0) and tried[0] < tried[-1] <= 5
+    assert all(np.all((row >= 0) & (row <= 1)) for name, row in table.items() if "=" in name)
