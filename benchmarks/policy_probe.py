@@ -153,6 +153,11 @@ def left_chance(curve: np.ndarray, tail: int, chance: float) -> int | None:
     return int((below[0] + 1) * tail) if below.size else None
 
 
+def span_edges(length: int) -> np.ndarray:
+    """Edges of the spans of steps the readings report: short early, doubling later."""
+    return np.unique(np.clip([0, 32, 128, 256, 512, 1024, 2048, 4096, length], 0, length))
+
+
 READ_RULES = ("state_best_reward", "state_best_last_reward", "state_majority", "state_last")
 """The rules a trained policy is compared with (``--checkpoint``)."""
 
@@ -179,7 +184,7 @@ def trained_agreement(workdir: str, n_sequences: int, seed: int) -> tuple[np.nda
     actions = {"model": np.asarray(outputs["policy_logits"]).argmax(-1)}
     actions.update((rule, rule_labels(rule, batch, gen.n_states, gen.n_actions)) for rule in READ_RULES)
     label, labelled = batch["label"], batch["label"] != gen.n_actions
-    edges = np.unique(np.clip([0, 32, 128, 256, 512, 1024, 2048, 4096, gen.seq_len], 0, gen.seq_len))
+    edges = span_edges(gen.seq_len)
     spans = list(zip(edges[:-1], edges[1:]))
     agree = lambda a, b: np.array([np.mean((a == b)[:, lo:hi][labelled[:, lo:hi]]) for lo, hi in spans])
     table = {name: agree(act, label) for name, act in actions.items()}
@@ -232,7 +237,7 @@ def online_agreement(workdir: str, suite: str | None, n_tasks: int, temperature:
     for t in range(obs.shape[1]):
         tried[:, t] = seen[rows, obs[:, t]].sum(axis=1)
         seen[rows, obs[:, t], action[:, t]] = True
-    edges = np.unique(np.clip([0, 32, 128, 256, 512, 1024, 2048, 4096, obs.shape[1]], 0, obs.shape[1]))
+    edges = span_edges(obs.shape[1])
     spans = list(zip(edges[:-1], edges[1:]))
     per_span = lambda x: np.array([np.mean(x[:, lo:hi]) for lo, hi in spans])
     table = {"actions tried in this observation": per_span(tried)}
