@@ -23,8 +23,9 @@ sequences of the run's own data (one pass over each whole sequence) and prints, 
 of the sequence, how often it equals the label, how often the rules above do, and how often the
 model follows each rule: where a policy stops improving along its context, and which rule it is
 closest to (``trained_agreement``). With ``--online`` as well, the contexts are the model's own: it
-plays the first tasks of its run's evaluation suite online, sampled at the run's
-``eval.temperature`` (or ``--temperature``), and the table says, per span, how many actions it has
+plays the first tasks of a suite online (``--suite``, default its run's ``eval.suite``; the ladder's
+runs need ``--suite``, their suite is the rung's), sampled at the run's ``eval.temperature`` (or
+``--temperature``), and the table says, per span, how many actions it has
 tried in the current observation, how often the action it took, its greedy action (re-read in one
 pass; bandit suites only) and the best-mean-reward rule on its own history equal the oracle's
 action (``online_agreement``): whether what it lacks is reading its context or gathering one.
