@@ -278,7 +278,8 @@ def main(argv=None) -> int:
         return 0
     cfg = load_config(args.config, PROBE_OVERRIDES + [f"train.steps={args.steps}"] + args.set)
     # One segment per sequence: every batch starts fresh sequences, so the carry is always reset.
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=cfg.train.segment_len))
+    generator = dataclasses.replace(cfg.data.generator, seq_len=cfg.train.segment_len)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, generator=generator))
     for target in args.targets.split(","):
         if target not in TARGETS:
             parser.error(f"unknown target {target!r} (known: {', '.join(TARGETS)})")

@@ -74,3 +74,14 @@ def test_online_agreement_rereads_the_actions_played(tiny_workdir):
     tried = table["actions tried in this observation"]
     assert np.all(np.diff(tried) >= 0) and tried[0] < tried[-1] <= 5
     assert all(np.all((row >= 0) & (row <= 1)) for name, row in table.items() if "=" in name)
+
+
+def test_training_probe_runs_and_reports(capsys):
+    """The probe's own training path, on a tiny model for a few steps: it prints one line per
+    target with its loss and curve (it was left broken once by a config move, with no test)."""
+    tiny = ["model.d_model=16", "model.n_layers=1", "model.n_heads=2", "model.head_dim=0", "train.batch_size=2",
+            "train.segment_len=32", "model.chunk_size=16"]
+    assert policy_probe.main(["--config", str(Path(__file__).parents[1] / "configs" / "ladder" / "cbandit-8.yaml"),
+                              "--set", *tiny, "--targets", "state_best_reward", "--steps", "4", "--tail", "2"]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith("state_best_reward policy loss ") and "loss per 2 steps: " in line
