@@ -12,10 +12,10 @@ try) are not fitted to the reported figures. Per agent it prints:
   while sampling a best-arm posterior (the model at temperature 1) tries an arm only as often as
   it may be the best;
 
-and for each model temperature the paired model-minus-epsilon-greedy difference with its 95 %
-interval.
+and for each model temperature (after ``--gather-steps`` pulls at 1, ``rollout.Sampling``) the
+paired model-minus-epsilon-greedy difference with its 95 % interval.
 
-    python benchmarks/bandit_exploration.py runs/ladder/bandit --temperatures 1,0.7
+    python benchmarks/bandit_exploration.py runs/ladder/bandit --temperatures 1,0.7 --gather-steps 10
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from anymdp_gym.jax import dynamics as env_jax
 from omnirl_jax.data.schema import TAG_ID
 from omnirl_jax.eval import evaluate
 from omnirl_jax.eval.baselines import normalise, reference_returns, solver_baseline
+from omnirl_jax.eval.rollout import Sampling
 from omnirl_jax.eval.suites import get_suite
 from icrl_ladder import paired
 
@@ -58,6 +59,7 @@ def main(argv=None) -> int:
     parser.add_argument("--first-task", type=int, default=1000, help="first task index (the ladder reports 0-63)")
     parser.add_argument("--tasks", type=int, default=256)
     parser.add_argument("--temperatures", default="1", help="comma-separated model sampling temperatures")
+    parser.add_argument("--gather-steps", type=int, default=0, help="first pulls sampled at temperature 1")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
 
@@ -79,8 +81,8 @@ def main(argv=None) -> int:
     for temperature in (float(x) for x in args.temperatures.split(",")):
         carry = model.runner.init_carry(len(tasks))
         traj, _ = model.runner.rollout(carry, env_params, key, n_steps=suite.steps, tag=TAG_ID["unk"],
-                                       temperature=temperature)
-        scores = describe(f"model T={temperature:g}", jax.device_get(traj), means, noiseless, refs)
+                                       sampling=Sampling(temperature, args.gather_steps))
+        scores = describe(f"model T={temperature:g}" + (f" g{args.gather_steps}" if args.gather_steps else ""), jax.device_get(traj), means, noiseless, refs)
         diff, half, _ = paired(scores, baseline["epsilon_greedy"])
         print(f"  minus epsilon_greedy {diff:+.3f} +- {half:.3f}")
     return 0

@@ -24,8 +24,8 @@ of the sequence, how often it equals the label, how often the rules above do, an
 model follows each rule: where a policy stops improving along its context, and which rule it is
 closest to (``trained_agreement``). With ``--online`` as well, the contexts are the model's own: it
 plays the first tasks of a suite online (``--suite``, default its run's ``eval.suite``; the ladder's
-runs need ``--suite``, their suite is the rung's), sampled at the run's ``eval.temperature`` (or
-``--temperature``), and the table says, per span, how many actions it has
+runs need ``--suite``, their suite is the rung's), sampled as the run's ``eval`` section says
+(``--temperature`` overrides its temperature), and the table says, per span, how many actions it has
 tried in the current observation, how often the action it took, its greedy action (re-read in one
 pass; bandit suites only) and the best-mean-reward rule on its own history equal the oracle's
 action (``online_agreement``): whether what it lacks is reading its context or gathering one.
@@ -196,7 +196,8 @@ def trained_agreement(workdir: str, n_sequences: int, seed: int) -> tuple[np.nda
 def online_agreement(workdir: str, suite: str | None, n_tasks: int, temperature: float | None,
                      seed: int) -> tuple[np.ndarray, dict]:
     """A trained run played online on the first ``n_tasks`` tasks of ``suite`` (None: its config's
-    ``eval.suite``), sampled at ``temperature`` (None: its ``eval.temperature``). Returns the span
+    ``eval.suite``), sampled at ``temperature`` (None: its ``eval.temperature``) after its
+    ``eval.gather_steps`` (``rollout.Sampling``). Returns the span
     edges and, per span of interaction steps: the mean number of actions tried so far in the
     current observation, and how often the action taken, the model's greedy action on the same
     history (bandit suites, where every pull is a one-step episode and the history holds no
@@ -210,7 +211,7 @@ def online_agreement(workdir: str, suite: str | None, n_tasks: int, temperature:
     from omnirl_jax.data.schema import TAG_ID
     from omnirl_jax.eval.baselines import oracle_table
     from omnirl_jax.eval.restore import load_model
-    from omnirl_jax.eval.rollout import PROMPT
+    from omnirl_jax.eval.rollout import PROMPT, Sampling
     from omnirl_jax.eval.suites import get_suite
 
     loaded = load_model(workdir, warn=lambda *_: None)
@@ -218,9 +219,9 @@ def online_agreement(workdir: str, suite: str | None, n_tasks: int, temperature:
     suite = get_suite(suite or cfg.eval.suite)
     tasks = suite.tasks(suite.groups()[0], gen.n_states, n_tasks)
     runner = loaded.runner
-    temperature = cfg.eval.temperature if temperature is None else temperature
+    sampling = Sampling(cfg.eval.temperature if temperature is None else temperature, cfg.eval.gather_steps)
     traj, _ = runner.rollout(runner.init_carry(len(tasks)), env_jax.from_tasks(tasks, gen.n_actions),
-                             jax.random.key(seed), n_steps=suite.steps, tag=TAG_ID["unk"], temperature=temperature)
+                             jax.random.key(seed), n_steps=suite.steps, tag=TAG_ID["unk"], sampling=sampling)
     traj = jax.device_get(traj)
     obs, action = np.asarray(traj.obs), np.asarray(traj.action)
     history = {"obs": obs, "action": action, "reward": np.asarray(traj.reward, np.float32)}

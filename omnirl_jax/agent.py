@@ -25,7 +25,7 @@ Each ``act`` is one jitted call (``rollout.ModelRunner.act``): it reads the prev
 its terminal record) into the carried state, then draws an action, with the very same model
 calls as ``omnirl-eval``'s batched rollout, so both give the same outputs on the same inputs
 (tested). Actions are drawn from the policy head's softmax at ``temperature`` (0: greedy),
-keyed by ``(seed, step count)``: a seed replays a run. ``num_envs=B`` plays ``B`` environments in
+the first ``gather_steps`` of a task at 1 (``rollout.Sampling``), keyed by ``(seed, step count)``: a seed replays a run. ``num_envs=B`` plays ``B`` environments in
 lockstep (``act`` then takes and returns ``[B]`` arrays), one jitted call for all of them: envs
 stepped one by one, or a Gymnasium vector env in ``AutoresetMode.SAME_STEP`` with
 ``info["final_obs"]`` as ``next_obs`` where an episode ended (in the default next-step mode the
@@ -49,7 +49,7 @@ from gymnasium import spaces
 
 from omnirl_jax.data.schema import TAG_ID
 from omnirl_jax.eval.restore import LoadedModel, load_model
-from omnirl_jax.eval.rollout import PendingStep
+from omnirl_jax.eval.rollout import PendingStep, Sampling
 
 
 class InContextAgent:
@@ -59,19 +59,21 @@ class InContextAgent:
     """Tag of the agent's own steps, as in ``omnirl-eval``'s online mode."""
 
     def __init__(self, model: LoadedModel, observation_space: spaces.Space, action_space: spaces.Space, *,
-                 num_envs: Optional[int] = None, temperature: float = 1.0, seed: int = 0):
+                 num_envs: Optional[int] = None, temperature: float = 1.0, gather_steps: int = 0, seed: int = 0):
         self.n_obs = _discrete_size(observation_space, "observation", model.n_states)
         self.n_actions = _discrete_size(action_space, "action", model.n_actions)
         if self.n_actions < 2:
             raise ValueError(f"the action space {action_space} has fewer than 2 actions")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if gather_steps < 0:
+            raise ValueError(f"gather_steps must be >= 0, got {gather_steps}")
         if num_envs is not None and num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.model, self.runner = model, model.runner
         # A model trained on one-step tasks never saw a terminal record: feed none.
         self._terminal_records = not model.config.data.generator.one_step
-        self.num_envs, self.temperature = num_envs, float(temperature)
+        self.num_envs, self.sampling = num_envs, Sampling(float(temperature), int(gather_steps))
         self._batch = 1 if num_envs is None else int(num_envs)
         self._key = jax.random.key(seed)
         self._mask = jnp.arange(model.n_actions) < self.n_actions
@@ -79,12 +81,12 @@ class InContextAgent:
 
     @classmethod
     def load(cls, checkpoint: str | Path, observation_space: spaces.Space, action_space: spaces.Space, *,
-             step: Optional[int] = None, num_envs: Optional[int] = None, temperature: float = 1.0, seed: int = 0,
-             warn: Callable[[str], None] = print) -> "InContextAgent":
+             step: Optional[int] = None, num_envs: Optional[int] = None, temperature: float = 1.0,
+             gather_steps: int = 0, seed: int = 0, warn: Callable[[str], None] = print) -> "InContextAgent":
         """The agent of a training run's workdir (``omnirl-train --workdir``), its newest intact
         checkpoint or ``step``; ``restore.EvalError`` with one line if it cannot be read."""
         return cls(load_model(checkpoint, step, warn=warn), observation_space, action_space, num_envs=num_envs,
-                   temperature=temperature, seed=seed)
+                   temperature=temperature, gather_steps=gather_steps, seed=seed)
 
     def reset_task(self) -> None:
         """Forgets every step so far: the next ``act`` starts a new task from an empty context."""
@@ -101,7 +103,7 @@ class InContextAgent:
         ids = self._ids(obs, "observation")
         key = jax.random.fold_in(self._key, self.steps)
         action, self._carry = self.runner.act(self._carry, self._pending, jnp.asarray(ids), key, self.TAG, self._mask,
-                                              temperature=self.temperature)
+                                              temperature=self.sampling.temperature_at(self.steps))
         action = np.asarray(action)
         self._acted = (ids, action)
         self.steps += 1

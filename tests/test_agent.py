@@ -54,6 +54,24 @@ def test_agent_seed_replays_its_actions(model):
     assert actions(0) == actions(0) and actions(0) != actions(1)
 
 
+def test_agent_gathers_at_temperature_one_first(model):
+    """``gather_steps``: the first steps of a task are drawn as at temperature 1 (the same draws
+    for the same seed), then at ``temperature``; a negative count is refused in one line."""
+    def actions(**sampling):
+        agent = InContextAgent(model, spaces.Discrete(N_STATES), spaces.Discrete(N_ACTIONS), seed=0, **sampling)
+        out = []
+        for t in range(12):
+            out.append(agent.act(t % N_STATES))
+            agent.observe(0.5, (t + 1) % N_STATES, t % 5 == 4, False)
+        return out, agent.sampling
+
+    (gathered, sampling), (sampled, _) = actions(temperature=0.0, gather_steps=6), actions(temperature=1.0)
+    assert gathered[:6] == sampled[:6]
+    assert [sampling.temperature_at(t) for t in (0, 5, 6, 11)] == [1.0, 1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="gather_steps must be >= 0"):
+        actions(gather_steps=-1)
+
+
 def test_readme_frozenlake_snippet(tiny_workdir):
     """The README's agent snippet, as written, with a tiny checkpoint in place of runs/cpu."""
     readme = (Path(__file__).parents[1] / "README.md").read_text()

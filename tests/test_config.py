@@ -96,6 +96,7 @@ def test_overrides(tmp_path):
         ("data.generator.halflife_range=[1]", "'data.generator.halflife_range': expected a list of 2"),
         ("data.generator.n_states=0", "'data.generator.n_states': must be positive"),
         ("eval.temperature=-0.5", "'eval.temperature': must be >= 0"),
+        ("eval.gather_steps=-1", "'eval.gather_steps': must be >= 0"),
     ]:
         with pytest.raises(ConfigError, match=None) as err:
             load_config(str(path), [bad])

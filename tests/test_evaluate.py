@@ -80,19 +80,20 @@ def test_end_to_end_writes_reports(workdir, tmp_path):
 
 
 def test_the_model_is_sampled_at_its_configs_temperature_by_default(workdir, tmp_path):
-    """Without ``temperature`` the model plays at its run's ``eval.temperature`` (here 0: greedy),
-    as an explicit 0 does, not at 1."""
+    """Without ``temperature`` and ``gather_steps`` the model plays as its run's ``eval`` section
+    says (here greedy after 16 steps at 1), as explicit values do, not at 1 nor greedy throughout."""
     greedy = tmp_path / "greedy"
     greedy.mkdir()
     (greedy / "checkpoints").symlink_to(workdir / "checkpoints")
     raw = yaml.safe_load((workdir / "config.yaml").read_text())
-    raw.setdefault("eval", {})["temperature"] = 0.0
+    raw.setdefault("eval", {}).update(temperature=0.0, gather_steps=16)
     (greedy / "config.yaml").write_text(yaml.safe_dump(raw))
     play = lambda **kw: run(str(greedy), ["anymdp-16"], modes=["online"], agents=["model"], out=tmp_path / "eval",
                             n_tasks=2, steps=128, window=64, log=lambda *_: None, **kw)[0].curves
     default = play()
-    np.testing.assert_array_equal(default, play(temperature=0.0))
+    np.testing.assert_array_equal(default, play(temperature=0.0, gather_steps=16))
     assert not np.array_equal(default, play(temperature=1.0))
+    assert not np.array_equal(default, play(gather_steps=0))
 
 
 def test_bandit_suite_plays_the_bandit_baselines(tmp_path):

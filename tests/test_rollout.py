@@ -18,7 +18,7 @@ from omnirl_jax.data.schema import TAG_ID
 from omnirl_jax.eval.evaluate import window_returns
 from omnirl_jax.eval.restore import LoadedModel
 from omnirl_jax.model import OmniRL
-from omnirl_jax.eval.rollout import PROMPT, ModelRunner, behaviour_records
+from omnirl_jax.eval.rollout import PROMPT, ModelRunner, Sampling, behaviour_records
 
 N_STATES, N_ACTIONS = 16, 5
 
@@ -103,7 +103,7 @@ def test_model_stepping_equals_one_pass(tasks, temperature, options):
     env_params = env_jax.from_tasks(tasks, N_ACTIONS)
     tag = TAG_ID["unk"]
     traj, carry = runner.rollout(runner.init_carry(2), env_params, jax.random.key(2), n_steps=200, tag=tag,
-                                 temperature=temperature)
+                                 sampling=Sampling(temperature))
     traj = jax.device_get(traj)
     assert traj.terminated.any()  # terminal records are exercised
     if temperature == 0.0:
@@ -120,3 +120,30 @@ def test_model_stepping_equals_one_pass(tasks, temperature, options):
             top2 = np.sort(logits, axis=1)[:, -2:]
             clear = top2[:, 1] - top2[:, 0] > 1e-4
             np.testing.assert_array_equal(logits.argmax(axis=1)[clear], traj.action[i][clear])
+
+
+def test_gathering_steps_sample_at_one_then_at_the_temperature(tasks):
+    """``Sampling(0, gather_steps=g)``: the first g actions are those of a rollout at temperature 1
+    with the same key (not all greedy), every later one is the greedy action of the logits that
+    one pass over the records it produced gives."""
+    cfg = ModelConfig(d_model=16, n_layers=1, n_heads=2, remat=False, fused_step=True)
+    cfg.chunk_size = cfg.tokens_per_step
+    graphdef, params = nnx.split(OmniRL(cfg, n_states=N_STATES, n_actions=N_ACTIONS, rngs=nnx.Rngs(0)), nnx.Param)
+    runner = ModelRunner(graphdef, params, N_ACTIONS)
+    env_params, tag, gather = env_jax.from_tasks(tasks, N_ACTIONS), TAG_ID["unk"], 40
+    play = lambda sampling: jax.device_get(runner.rollout(runner.init_carry(2), env_params, jax.random.key(3),
+                                                          n_steps=120, tag=tag, sampling=sampling)[0])
+    sampled, mixed = play(Sampling(1.0)), play(Sampling(0.0, gather_steps=gather))
+    np.testing.assert_array_equal(mixed.action[:, :gather], sampled.action[:, :gather])
+    model = nnx.merge(graphdef, params)
+    greedy_first = []
+    for i in range(2):
+        batch = {k: jnp.asarray(v)[None] for k, v in _records_of(mixed, i, tag).items()}
+        logits = np.asarray(model(batch, model.init_carry(1))[0]["policy_logits"][0])
+        logits = logits[np.asarray(batch["action"][0]) < N_ACTIONS]  # one row per interaction step
+        top2 = np.sort(logits, axis=1)[:, -2:]
+        clear = top2[:, 1] - top2[:, 0] > 1e-4
+        later = np.arange(len(logits)) >= gather
+        np.testing.assert_array_equal(logits.argmax(axis=1)[clear & later], mixed.action[i][clear & later])
+        greedy_first.append(np.mean(logits.argmax(axis=1)[:gather] == mixed.action[i][:gather]))
+    assert min(greedy_first) < 0.9

@@ -40,9 +40,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--context-steps", type=int, help="context records in offline/imitation modes")
     parser.add_argument("--temperature", type=float,
                         help="policy sampling temperature (0: greedy; default: the run's eval.temperature)")
+    parser.add_argument("--gather-steps", type=int,
+                        help="first interaction steps of a context sampled at temperature 1 "
+                             "(default: the run's eval.gather_steps)")
     parser.add_argument("--seed", type=int, default=0, help="seed of env, policy and baseline randomness")
     parser.add_argument("--step", type=int, help="checkpoint step to restore (default: the latest)")
     args = parser.parse_args(argv)
+    if args.gather_steps is not None and args.gather_steps < 0:
+        parser.error("--gather-steps must be >= 0")
     for name in ("tasks", "steps", "window", "context_steps"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -57,7 +62,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         run(args.checkpoint, args.suite, modes=args.modes, agents=args.agents, out=args.out, n_tasks=args.tasks,
             steps=args.steps, window=args.window, context_steps=args.context_steps, seed=args.seed,
-            temperature=args.temperature, step=args.step)
+            temperature=args.temperature, gather_steps=args.gather_steps, step=args.step)
     except EvalError as e:
         print(f"omnirl-eval: error: {e}", file=sys.stderr)
         return 2

@@ -13,7 +13,8 @@ Modes (spec section 4), all acting with prompt ``opt3``, the model's own steps t
 After a context the model (and each learning baseline, which first ``update``s on the context's
 transitions) starts a fresh episode. Actions are sampled from the policy head's softmax at
 ``--temperature`` (1: the distribution the model was trained to output; 0: greedy; by default the
-run's ``eval.temperature``). Live suites
+run's ``eval.temperature``), the first ``--gather-steps`` of them at 1 (default the run's
+``eval.gather_steps``; ``rollout.Sampling``). Live suites
 (``mountaincar``, ``pendulum``: Gymnasium envs with no table, ``live`` module doc) play online
 only, the model through ``omnirl_jax.agent.InContextAgent`` and each baseline of
 ``live.LIVE_BASELINES`` through the envs' own ``step``; the other suites run on tables
@@ -42,12 +43,13 @@ from gymnasium import spaces
 
 from anymdp_gym.jax import dynamics as env_jax
 from omnirl_jax.agent import InContextAgent
+from omnirl_jax.config import EvalConfig
 from omnirl_jax.data.schema import TAG_ID
 from omnirl_jax.eval import live
 from omnirl_jax.eval.baselines import (CONTEXT_FREE, TABLE_BASELINES, TablePlay, normalise, oracle_table,
                                        reference_returns)
 from omnirl_jax.eval.restore import EvalError, LoadedModel, load_model
-from omnirl_jax.eval.rollout import behaviour_records
+from omnirl_jax.eval.rollout import Sampling, behaviour_records
 from omnirl_jax.eval.suites import EVAL_SEED, LIVE_MODES, MODES, Suite, get_suite
 from omnirl_jax.workdir import writable_dir
 
@@ -129,7 +131,7 @@ def _context(mode: str, tasks, env_params, n_obs: int, n_records: int, key):
 
 def evaluate_group(model: Optional[LoadedModel], suite: Suite, group: str, modes: Sequence[str], agents: Sequence[str], *,
                    n_obs: int, n_actions: int, n_tasks: Optional[int], steps: int, window: int, context_steps: int,
-                   seed: int, temperature: float, log=print) -> list[Result]:
+                   seed: int, sampling: Sampling, log=print) -> list[Result]:
     """Every agent in every mode on one group of a suite's tasks."""
     tasks = suite.tasks(group, n_obs, n_tasks)
     env_params = env_jax.from_tasks(tasks, n_actions)
@@ -152,7 +154,7 @@ def evaluate_group(model: Optional[LoadedModel], suite: Suite, group: str, modes
                 if context is not None:
                     carry = runner.prefill(carry, context)
                 traj, _ = runner.rollout(carry, env_params, k_model, n_steps=steps, tag=TAG_ID["unk"],
-                                         temperature=temperature)
+                                         sampling=sampling)
             elif agent in tables:
                 traj = tables[agent]
             else:
@@ -166,7 +168,7 @@ def evaluate_group(model: Optional[LoadedModel], suite: Suite, group: str, modes
 
 
 def evaluate_live_group(model: Optional[LoadedModel], suite: Suite, group: str, agents: Sequence[str], *, n_obs: int,
-                        n_tasks: Optional[int], steps: int, window: int, seed: int, temperature: float,
+                        n_tasks: Optional[int], steps: int, window: int, seed: int, sampling: Sampling,
                         log=print) -> list[Result]:
     """Every agent, online, on one group of a live suite (``live`` module doc)."""
     instances = suite.instances(group, n_obs, n_tasks)
@@ -183,7 +185,8 @@ def evaluate_live_group(model: Optional[LoadedModel], suite: Suite, group: str, 
         if agent == "model":
             observations, actions = spaces.Discrete(n_obs), spaces.Discrete(task.size[1])
             reward, done = live.play(lambda envs: InContextAgent(model, observations, actions, num_envs=len(envs),
-                                                                 temperature=temperature, seed=seed), game)
+                                                                 temperature=sampling.temperature,
+                                                                 gather_steps=sampling.gather_steps, seed=seed), game)
         else:
             reward, done = live.LIVE_BASELINES[agent](game)
         results.append(_scored(suite, group, "online", agent, window, reward, done, refs, log,
@@ -269,13 +272,15 @@ def summary_table(results: Sequence[Result]) -> str:
 def run(checkpoint: Optional[str], suites: Sequence[str], *, modes: Sequence[str] = MODES,
         agents: Optional[Sequence[str]] = None, out: str | Path = "eval", n_tasks: Optional[int] = None,
         steps: Optional[int] = None, window: Optional[int] = None, context_steps: Optional[int] = None,
-        seed: int = 0, temperature: Optional[float] = None, step: Optional[int] = None, log=print) -> list[Result]:
+        seed: int = 0, temperature: Optional[float] = None, gather_steps: Optional[int] = None,
+        step: Optional[int] = None, log=print) -> list[Result]:
     """Evaluates ``agents`` on ``suites`` (names of ``suites.SUITES``) and writes the reports.
 
     ``agents`` None means the model (when a ``checkpoint`` is given) and each suite's own
     ``Suite.baselines``. ``checkpoint`` may be None when ``agents`` holds no ``model`` (baselines
-    only, vocabulary of each suite's own size). ``temperature`` None: the model's config's
-    ``eval.temperature``. Raises ``EvalError`` with a one-line message on bad input.
+    only, vocabulary of each suite's own size). ``temperature``, ``gather_steps`` None: the model's
+    config's ``eval.temperature``, ``eval.gather_steps`` (``rollout.Sampling``). Raises
+    ``EvalError`` with a one-line message on bad input.
     """
     for name, given, known in (("mode", modes, MODES), ("agent", agents or (), AGENTS)):
         for x in given:
@@ -304,8 +309,9 @@ def run(checkpoint: Optional[str], suites: Sequence[str], *, modes: Sequence[str
             raise EvalError("--checkpoint is required to evaluate the model")
         model = load_model(checkpoint, step, warn=log)
         log(f"model: {checkpoint} step {model.step} ({model.n_states} observation ids, {model.n_actions} actions)")
-    if temperature is None:
-        temperature = model.config.eval.temperature if model is not None else 1.0
+    defaults = model.config.eval if model is not None else EvalConfig()
+    sampling = Sampling(defaults.temperature if temperature is None else temperature,
+                        defaults.gather_steps if gather_steps is None else gather_steps)
     results = []
     for suite in suite_defs:
         groups = []
@@ -334,12 +340,12 @@ def run(checkpoint: Optional[str], suites: Sequence[str], *, modes: Sequence[str
             if suite.live:
                 results += evaluate_live_group(model, suite, group, agents_of[suite.name], n_obs=n_obs,
                                                n_tasks=n_tasks, steps=n_steps, window=win, seed=seed,
-                                               temperature=temperature, log=log)
+                                               sampling=sampling, log=log)
                 continue
             results += evaluate_group(model, suite, group, modes, agents_of[suite.name], n_obs=n_obs, n_actions=n_act,
                                       n_tasks=n_tasks, steps=n_steps, window=win,
                                       context_steps=context_steps or suite.context_steps, seed=seed,
-                                      temperature=temperature, log=log)
+                                      sampling=sampling, log=log)
     paths = [*write_csv(results, out), *plot(results, out)]
     log(summary_table(results))
     log("wrote " + ", ".join(str(p) for p in paths))

@@ -2,7 +2,7 @@
 
 Every ``eval.every`` optimiser steps and at the last one, the model plays ``eval.tasks`` held-out
 tasks of ``eval.suite`` from an empty context, exactly as ``omnirl-eval --modes online`` does
-(same tasks, scoring, sampling at temperature 1), beside the suite's classic baseline
+(same tasks, scoring, sampling as ``eval.temperature`` and ``eval.gather_steps`` say), beside the suite's classic baseline
 (``Suite.baseline``, played once, on the same tasks). Its figures go to ``metrics.csv`` and
 TensorBoard under ``eval/``; the curves, CSV and PNG of each evaluation to
 ``<workdir>/eval/step_<N>/``.
@@ -29,6 +29,7 @@ from jax.experimental import multihost_utils
 from omnirl_jax.config import Config
 from omnirl_jax.eval.evaluate import evaluate_group, mean_ci, plot, write_csv
 from omnirl_jax.eval.restore import LoadedModel, make_runner
+from omnirl_jax.eval.rollout import Sampling
 from omnirl_jax.eval.suites import get_suite
 from omnirl_jax.typed_config import ConfigError
 
@@ -94,7 +95,7 @@ class InTrainingEval:
         (result,) = evaluate_group(model, self.suite, self.group, [MODE], [agent], n_obs=c.data.generator.n_states,
                                    n_actions=c.data.generator.n_actions, n_tasks=c.eval.tasks, steps=self.suite.steps,
                                    window=self.suite.window, context_steps=self.suite.context_steps, seed=c.eval.seed,
-                                   temperature=c.eval.temperature, log=lambda *_: None)
+                                   sampling=Sampling(c.eval.temperature, c.eval.gather_steps), log=lambda *_: None)
         return result
 
     def __call__(self, params, step: int) -> Evaluation:

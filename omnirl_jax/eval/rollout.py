@@ -12,7 +12,7 @@ the online loop:
    placeholders for action and reward (the null action and 0). The policy head reads the
    observation token, which comes before the action and reward tokens, so the placeholders
    cannot leak into the logits; the carry of this call is discarded;
-3. an action is drawn from the logits (masked to the task's actions), the env steps;
+3. an action is drawn from the logits (masked to the task's actions) as ``Sampling`` says, the env steps;
 4. the model is called again on the real step (prompt, observation, tag, action, reward) to
    advance the carry.
 
@@ -73,6 +73,19 @@ class Trajectory(NamedTuple):
         return self.terminated | self.truncated
 
 
+class Sampling(NamedTuple):
+    """How the model's actions are drawn along a context (``EvalConfig.temperature`` and
+    ``gather_steps``): at temperature 1, the distribution it was trained to output, for the first
+    ``gather_steps`` interaction steps, then at ``temperature`` (0: greedy)."""
+
+    temperature: float = 1.0
+    gather_steps: int = 0
+
+    def temperature_at(self, step: int) -> float:
+        """The temperature of interaction step ``step`` (from 0) of a context."""
+        return 1.0 if step < self.gather_steps else self.temperature
+
+
 def sample_action(key, logits, action_mask, temperature: float):
     """An action from ``logits`` restricted to ``action_mask``; greedy when ``temperature == 0``."""
     logits = jnp.where(action_mask, logits, _MASKED)
@@ -91,7 +104,7 @@ class ModelRunner:
     def __init__(self, graphdef: Any, params: Any, n_actions: int):
         self.graphdef, self.params, self.n_actions = graphdef, params, n_actions
         self._prefill = jax.jit(self._prefill_impl)
-        self._rollout = jax.jit(self._rollout_impl, static_argnames=("n_steps", "temperature"))
+        self._rollout = jax.jit(self._rollout_impl, static_argnames=("n_steps", "sampling"))
         self._act = jax.jit(self._act_impl, static_argnames=("temperature",))
         self._absorb = jax.jit(self._absorb_impl)
 
@@ -109,11 +122,12 @@ class ModelRunner:
         return self._apply(params, batch, carry)[1]
 
     def rollout(self, carry, env_params: env_jax.EnvParams, key, *, n_steps: int, tag: int,
-                temperature: float = 1.0) -> tuple[Trajectory, Any]:
+                sampling: Sampling = Sampling()) -> tuple[Trajectory, Any]:
         """``n_steps`` interaction steps on every task of ``env_params`` (a fresh episode each),
-        the model's own steps tagged ``tag``. Returns the trajectory and the final carry."""
-        return self._rollout(self.params, carry, env_params, key, jnp.int32(tag), n_steps=n_steps,
-                             temperature=float(temperature))
+        the model's own steps tagged ``tag``, its actions drawn as ``sampling`` says (its gathering
+        steps counted from this call's first step). Returns the trajectory and the final carry."""
+        sampling = Sampling(float(sampling.temperature), int(sampling.gather_steps))
+        return self._rollout(self.params, carry, env_params, key, jnp.int32(tag), n_steps=n_steps, sampling=sampling)
 
     def act(self, carry, previous: "PendingStep", obs, key, tag, action_mask, *, temperature: float):
         """One step of an agent driven from outside (``omnirl_jax.agent``), as one jitted call:
@@ -163,7 +177,7 @@ class ModelRunner:
         action = sample_action(key, self._policy_logits(params, carry, obs, tags), action_mask, temperature)
         return action, carry
 
-    def _rollout_impl(self, params, carry, env_params, key, tag, *, n_steps, temperature):
+    def _rollout_impl(self, params, carry, env_params, key, tag, *, n_steps, sampling):
         batch_size = env_params.max_steps_in_episode.shape[0]
         key, k_reset = jax.random.split(key)
         env = env_jax.reset_batch(env_params, jax.random.split(k_reset, batch_size))
@@ -171,12 +185,16 @@ class ModelRunner:
         tags = jnp.full((batch_size, 1), tag, jnp.int32)
         zeros = jnp.zeros((batch_size,), jnp.float32)
 
-        def body(state, key):
+        def body(state, xs):
+            key, step = xs
             carry, env, pending, terminal_obs = state
             carry = self._feed(params, carry, self._record(terminal_obs, null, zeros, tags), pending)
             logits = self._policy_logits(params, carry, env.obs, tags)
             k_act, k_env = jax.random.split(key)
-            action = sample_action(k_act, logits, env_params.action_mask, temperature)
+            action = sample_action(k_act, logits, env_params.action_mask, sampling.temperature)
+            if sampling.gather_steps:
+                gathering = sample_action(k_act, logits, env_params.action_mask, 1.0)
+                action = jnp.where(step < sampling.gather_steps, gathering, action)
             obs = env.obs
             env, out = env_jax.step_batch(env_params, env, action, jax.random.split(k_env, batch_size))
             _, carry = self._apply(params, self._record(obs, action, out.reward, tags), carry)
@@ -185,7 +203,7 @@ class ModelRunner:
                                                                    out.terminated, out.truncated)
 
         init = (carry, env, jnp.zeros(batch_size, bool), env.obs)
-        (carry, *_), traj = jax.lax.scan(body, init, jax.random.split(key, n_steps))
+        (carry, *_), traj = jax.lax.scan(body, init, (jax.random.split(key, n_steps), jnp.arange(n_steps)))
         return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), traj), carry
 
 
