@@ -25,10 +25,11 @@ Each ``act`` is one jitted call (``rollout.ModelRunner.act``): it reads the prev
 its terminal record) into the carried state, then draws an action, with the very same model
 calls as ``omnirl-eval``'s batched rollout, so both give the same outputs on the same inputs
 (tested). Actions are drawn from the policy head's softmax at ``temperature`` (0: greedy),
-the first ``gather_steps`` of a task at 1 (``rollout.Sampling``), keyed by ``(seed, step count)``: a seed replays a run. ``num_envs=B`` plays ``B`` environments in
-lockstep (``act`` then takes and returns ``[B]`` arrays), one jitted call for all of them: envs
-stepped one by one, or a Gymnasium vector env in ``AutoresetMode.SAME_STEP`` with
-``info["final_obs"]`` as ``next_obs`` where an episode ended (in the default next-step mode the
+the first ``gather_steps`` of a task at 1 (``rollout.Sampling``), keyed by ``(seed, step
+count)``: a seed replays a run. ``num_envs=B`` plays ``B`` environments in lockstep (``act``
+then takes and returns ``[B]`` arrays), one jitted call for all of them: envs stepped one by one,
+or a Gymnasium vector env in ``AutoresetMode.SAME_STEP`` with ``info["final_obs"]`` as
+``next_obs`` where an episode ended (in the default next-step mode the
 step after an episode's end is a reset, not an action, and must not be reported).
 
 Spaces: observations must be ``Discrete(n)`` with ``n`` at most the model's observation ids

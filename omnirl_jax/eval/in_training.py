@@ -2,8 +2,8 @@
 
 Every ``eval.every`` optimiser steps and at the last one, the model plays ``eval.tasks`` held-out
 tasks of ``eval.suite`` from an empty context, exactly as ``omnirl-eval --modes online`` does
-(same tasks, scoring, sampling as ``eval.temperature`` and ``eval.gather_steps`` say), beside the suite's classic baseline
-(``Suite.baseline``, played once, on the same tasks). Its figures go to ``metrics.csv`` and
+(same tasks, scoring, sampling as ``eval.temperature`` and ``eval.gather_steps`` say), beside
+the suite's classic baseline (``Suite.baseline``, played once, on the same tasks). Its figures go to ``metrics.csv`` and
 TensorBoard under ``eval/``; the curves, CSV and PNG of each evaluation to
 ``<workdir>/eval/step_<N>/``.
 
