@@ -16,6 +16,10 @@ term, ``loss.behaviour``, stays), with no context warm-up, on a ladder rung's ge
 * ``state_best_reward``: the action with the highest mean immediate reward so far in the current
   observation (averaging keyed on the state and action: the simplest rule that uses rewards,
   and the skill a contextual bandit needs);
+* ``state_plan``: the greedy action of value iteration on the context's empirical model so far
+  (per tried state-action pair its mean reward and next-observation frequencies; untried pairs are
+  not chosen, unvisited states are worth 0), at the opt3 oracle's discount: the label's planning,
+  computed from what the context shows (MDP rungs; on bandits it is ``state_best_reward``);
 * ``label``: the real label (the generator's ``label_policy``, opt3 as the rungs train on).
 
 With ``--checkpoint RUN`` it trains nothing: it reads a trained run's greedy policy on fresh
@@ -69,10 +73,17 @@ from omnirl_jax.train import fresh_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("previous", "majority", "state_last", "state_majority", "best_reward", "state_best_last_reward",
-           "state_best_reward", "label")
+           "state_best_reward", "state_plan", "label")
 PROBE_OVERRIDES = ["loss.next_state=0", "loss.reward=0", "loss.warmup_steps=0", "data.workers=0"]
 """No world-model terms (the config's behaviour-cloning term stays), every step weighted alike,
 data generated in this process."""
+
+
+PLAN_GAMMA = 0.994
+"""Discount of ``state_plan``: the opt3 label is value iteration's greedy action at 0.994 (issue 23)."""
+PLAN_SWEEPS = 20
+"""Value-iteration sweeps per step of ``state_plan``, each step starting from the previous step's
+values (the model changes by one transition per step, so the values stay near convergence)."""
 
 
 def rule_labels(target: str, batch: dict, n_states: int, n_actions: int) -> np.ndarray:
@@ -81,6 +92,8 @@ def rule_labels(target: str, batch: dict, n_states: int, n_actions: int) -> np.n
     obs, action, reward = batch["obs"], batch["action"], batch["reward"]
     if target == "label":
         return batch["label"]
+    if target == "state_plan":
+        return plan_labels(batch, n_states, n_actions)
     out = np.full_like(action, n_actions)
     if target == "previous":
         out[:, 1:] = action[:, :-1]
@@ -110,6 +123,31 @@ def rule_labels(target: str, batch: dict, n_states: int, n_actions: int) -> np.n
         rewards[r, sr, a] += reward[real[:, t], t]
         last_reward[r, sr, a] = reward[real[:, t], t]
         last[r, sr] = a
+    return out
+
+
+def plan_labels(batch: dict, n_states: int, n_actions: int) -> np.ndarray:
+    """``state_plan`` (module doc): at each step, value iteration on the transitions and rewards of
+    the steps before it, the greedy tried action in the current observation."""
+    obs, action, reward, next_obs = batch["obs"], batch["action"], batch["reward"], batch["next_obs"]
+    rows, real = np.arange(action.shape[0]), action < n_actions
+    moves = np.zeros((action.shape[0], n_states, n_actions, n_states))
+    paid = np.zeros((action.shape[0], n_states, n_actions))
+    value = np.zeros((action.shape[0], n_states))
+    out = np.full_like(action, n_actions)
+    for t in range(action.shape[1]):
+        count = moves.sum(axis=-1)
+        tried = count > 0
+        if tried.any():
+            chance, mean = moves / np.maximum(count, 1)[..., None], paid / np.maximum(count, 1)
+            for _ in range(PLAN_SWEEPS):
+                q = np.where(tried, mean + PLAN_GAMMA * np.einsum("bsan,bn->bsa", chance, value), -np.inf)
+                value = np.where(tried.any(axis=-1), q.max(axis=-1), 0.0)
+            here = tried[rows, obs[:, t]]
+            out[:, t] = np.where(here.any(axis=-1), q[rows, obs[:, t]].argmax(axis=-1), n_actions)
+        r, s, a = rows[real[:, t]], obs[real[:, t], t], action[real[:, t], t]
+        moves[r, s, a, next_obs[real[:, t], t]] += 1
+        paid[r, s, a] += reward[real[:, t], t]
     return out
 
 
