@@ -82,7 +82,8 @@ def main(argv=None) -> int:
         carry = model.runner.init_carry(len(tasks))
         traj, _ = model.runner.rollout(carry, env_params, key, n_steps=suite.steps, tag=TAG_ID["unk"],
                                        sampling=Sampling(temperature, args.gather_steps))
-        scores = describe(f"model T={temperature:g}" + (f" g{args.gather_steps}" if args.gather_steps else ""), jax.device_get(traj), means, noiseless, refs)
+        name = f"model T={temperature:g}" + (f" g{args.gather_steps}" if args.gather_steps else "")
+        scores = describe(name, jax.device_get(traj), means, noiseless, refs)
         diff, half, _ = paired(scores, baseline["epsilon_greedy"])
         print(f"  minus epsilon_greedy {diff:+.3f} +- {half:.3f}")
     return 0

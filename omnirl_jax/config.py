@@ -187,9 +187,10 @@ class EvalConfig:
     temperature: float = 1.0
     """Temperature the model's policy is sampled at online, here, in ``benchmarks/icrl_ladder.py``
     and by default in ``omnirl-eval`` (0: greedy), after the first ``gather_steps``. 1 samples
-    the distribution the model was trained to output (posterior sampling of the best action). Why another value: a policy that is flatter than its evidence
-    supports gains from sharper sampling; choose it on validation tasks, not the reported ones
-    (cbandit-8: docs/experiments.md)."""
+    the distribution the model was trained to output (posterior sampling of the best action).
+    Why another value: a policy that is flatter than its evidence supports gains from sharper
+    sampling; choose it on validation tasks, not the reported ones (cbandit-8:
+    docs/experiments.md)."""
     gather_steps: int = 0
     """The first this many interaction steps of a context are sampled at temperature 1, the rest at
     ``temperature``. Why: a sharp temperature from the first step stops gathering early (cbandit-8
