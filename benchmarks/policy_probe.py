@@ -47,6 +47,9 @@ it left chance (``LEFT_CHANCE``), and two references, the agreement of the targe
   "data.generator.policy_weights={random_drift: 1.0}"`` the behaviour says nothing about the label,
   so an accuracy above chance (1 / A) can only come from rewards and transitions.
 
+With ``--label-after N`` the model trains on the target for N steps and on the real label after:
+whether a skill taught first carries into the label (the figures are then the label's).
+
 Why a probe: a 50-minute ladder run whose policy stays at ln A says only that it failed; this says
 whether the mechanism the policy needs is learnable by the model of the config, in minutes.
 
@@ -167,16 +170,19 @@ LEFT_CHANCE = 0.9
 plateau sits within 1 % of ln A; 0.9 is well clear of its noise at a batch of 8 x 256)."""
 
 
-def probe(cfg, target: str, tail: int) -> tuple[tuple[float, float, float, float], np.ndarray]:
-    """Trains a fresh model on ``target`` for ``cfg.train.steps`` steps. Returns the last ``tail``
-    steps' mean policy loss, accuracy, and agreement of the shortcut and of the reward rule with
-    the target; and the loss curve, the mean policy loss of each window of ``tail`` steps."""
+def probe(cfg, target: str, tail: int, label_after: int | None = None) -> tuple[tuple[float, float, float, float], np.ndarray]:
+    """Trains a fresh model on ``target`` for ``cfg.train.steps`` steps (with ``label_after``, on
+    the real label from that step on: whether a skill learned first carries into the label).
+    Returns the last ``tail`` steps' mean policy loss, accuracy, and agreement of the shortcut and
+    of the reward rule with the target; and the loss curve, the mean policy loss of each window of
+    ``tail`` steps."""
     n_states, n_actions, steps = cfg.data.generator.n_states, cfg.data.generator.n_actions, cfg.train.steps
     history = []
     with make_loader(cfg.data, batch_size=cfg.train.batch_size, segment_len=cfg.train.segment_len,
                      seed=cfg.train.seed) as loader:
-        relabelled = (dict(batch, label=rule_labels(target, batch, n_states, n_actions))
-                      for batch in (next(loader) for _ in range(steps)))
+        relabelled = (batch if label_after is not None and k >= label_after else
+                      dict(batch, label=rule_labels(target, batch, n_states, n_actions))
+                      for k, batch in enumerate(next(loader) for _ in range(steps)))
         for k, (batch, metrics) in enumerate(fresh_steps(cfg, relabelled)):
             references = [agreement(rules, batch["label"], batch, n_states, n_actions) if k >= steps - tail
                           else np.nan for rules in (SHORTCUT, REWARD_RULE)]
@@ -294,6 +300,8 @@ def main(argv=None) -> int:
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, of {', '.join(TARGETS)}")
     parser.add_argument("--steps", type=int, default=150, help="optimiser steps per target")
     parser.add_argument("--tail", type=int, default=30, help="final steps averaged in the report")
+    parser.add_argument("--label-after", type=int, metavar="N",
+                        help="train on the target for N steps, then on the real label (a curriculum)")
     parser.add_argument("--checkpoint", metavar="RUN", help="read this trained run's policy instead of training")
     parser.add_argument("--sequences", type=int, default=16, help="fresh sequences read (--checkpoint)")
     parser.add_argument("--online", action="store_true", help="with --checkpoint: read the model on its own play")
@@ -323,9 +331,10 @@ def main(argv=None) -> int:
         if target not in TARGETS:
             parser.error(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
         tail = min(args.tail, args.steps)
-        (loss, accuracy, shortcut, reward_rule), curve = probe(cfg, target, tail)
+        (loss, accuracy, shortcut, reward_rule), curve = probe(cfg, target, tail, args.label_after)
         chance = np.log(cfg.data.generator.n_actions)
-        print(f"{target:17s} policy loss {loss:.3f}  accuracy {accuracy:.3f}  shortcut {shortcut:.3f}  "
+        name = target if args.label_after is None else f"{target}, label from step {args.label_after}:"
+        print(f"{name:17s} policy loss {loss:.3f}  accuracy {accuracy:.3f}  shortcut {shortcut:.3f}  "
               f"reward rule {reward_rule:.3f}  left chance at step {left_chance(curve, tail, chance)}  "
               f"(ln {cfg.data.generator.n_actions} = {chance:.3f}; last {tail} of {args.steps} steps)\n"
               f"{'':17s} loss per {tail} steps: {' '.join(f'{x:.3f}' for x in curve)}", flush=True)

@@ -96,3 +96,7 @@ def test_training_probe_runs_and_reports(capsys):
                               "--set", *tiny, "--targets", "state_best_reward", "--steps", "4", "--tail", "2"]) == 0
     line = capsys.readouterr().out
     assert line.startswith("state_best_reward policy loss ") and "loss per 2 steps: " in line
+    assert policy_probe.main(["--config", str(Path(__file__).parents[1] / "configs" / "ladder" / "cbandit-8.yaml"),
+                              "--set", *tiny, "--targets", "state_plan", "--steps", "4", "--tail", "2",
+                              "--label-after", "2"]) == 0
+    assert capsys.readouterr().out.startswith("state_plan, label from step 2: policy loss ")
