@@ -263,7 +263,7 @@ def online_agreement(workdir: str, suite: str | None, n_tasks: int, temperature:
     suite = get_suite(suite or cfg.eval.suite)
     tasks = suite.tasks(suite.groups()[0], gen.n_states, n_tasks)
     runner = loaded.runner
-    sampling = Sampling(cfg.eval.temperature if temperature is None else temperature, cfg.eval.gather_steps)
+    sampling = Sampling.of(cfg.eval, temperature)
     traj, _ = runner.rollout(runner.init_carry(len(tasks)), env_jax.from_tasks(tasks, gen.n_actions),
                              jax.random.key(seed), n_steps=suite.steps, tag=TAG_ID["unk"], sampling=sampling)
     traj = jax.device_get(traj)

@@ -310,8 +310,7 @@ def run(checkpoint: Optional[str], suites: Sequence[str], *, modes: Sequence[str
         model = load_model(checkpoint, step, warn=log)
         log(f"model: {checkpoint} step {model.step} ({model.n_states} observation ids, {model.n_actions} actions)")
     defaults = model.config.eval if model is not None else EvalConfig()
-    sampling = Sampling(defaults.temperature if temperature is None else temperature,
-                        defaults.gather_steps if gather_steps is None else gather_steps)
+    sampling = Sampling.of(defaults, temperature, gather_steps)
     results = []
     for suite in suite_defs:
         groups = []

@@ -95,7 +95,7 @@ class InTrainingEval:
         (result,) = evaluate_group(model, self.suite, self.group, [MODE], [agent], n_obs=c.data.generator.n_states,
                                    n_actions=c.data.generator.n_actions, n_tasks=c.eval.tasks, steps=self.suite.steps,
                                    window=self.suite.window, context_steps=self.suite.context_steps, seed=c.eval.seed,
-                                   sampling=Sampling(c.eval.temperature, c.eval.gather_steps), log=lambda *_: None)
+                                   sampling=Sampling.of(c.eval), log=lambda *_: None)
         return result
 
     def __call__(self, params, step: int) -> Evaluation:

@@ -81,6 +81,12 @@ class Sampling(NamedTuple):
     temperature: float = 1.0
     gather_steps: int = 0
 
+    @classmethod
+    def of(cls, eval_cfg, temperature: float | None = None, gather_steps: int | None = None) -> "Sampling":
+        """A run's ``EvalConfig`` sampling, with each value given here (not None) in its place."""
+        return cls(float(eval_cfg.temperature if temperature is None else temperature),
+                   int(eval_cfg.gather_steps if gather_steps is None else gather_steps))
+
     def temperature_at(self, step: int) -> float:
         """The temperature of interaction step ``step`` (from 0) of a context."""
         return 1.0 if step < self.gather_steps else self.temperature
