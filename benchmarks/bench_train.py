@@ -33,6 +33,7 @@ def random_segment(rng, batch: int, segment_len: int, offset: int, n_states: int
         "obs": obs[:, :-1], "action": action[:, :-1], "label": label[:, :-1],
         "reward": rng.normal(size=shape)[:, :-1] * (action[:, :-1] != n_actions),
         "prompt": np.full(shape, 3)[:, :-1], "tag": rng.integers(0, 8, shape)[:, :-1], "next_obs": obs[:, 1:],
+        "plan": np.full(shape, n_actions)[:, :-1],
     }
     batch_dict = {name: fields[name].astype(dtype) for name, dtype in STEP_FIELDS.items()}
     batch_dict["offset"] = np.full(batch, offset, ROW_FIELDS["offset"])

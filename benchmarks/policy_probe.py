@@ -16,10 +16,9 @@ term, ``loss.behaviour``, stays), with no context warm-up, on a ladder rung's ge
 * ``state_best_reward``: the action with the highest mean immediate reward so far in the current
   observation (averaging keyed on the state and action: the simplest rule that uses rewards,
   and the skill a contextual bandit needs);
-* ``state_plan``: the greedy action of value iteration on the context's empirical model so far
-  (per tried state-action pair its mean reward and next-observation frequencies; untried pairs are
-  not chosen, unvisited states are worth 0), at the opt3 oracle's discount: the label's planning,
-  computed from what the context shows (MDP rungs; on bandits it is ``state_best_reward``);
+* ``state_plan``: the context plan, the greedy action of value iteration on the context's
+  empirical model so far (``omnirl_jax.data.context_plan``, the batches' ``plan``): the label's
+  planning, computed from what the context shows (on bandits it is ``state_best_reward``);
 * ``label``: the real label (the generator's ``label_policy``, opt3 as the rungs train on).
 
 With ``--checkpoint RUN`` it trains nothing: it reads a trained run's greedy policy on fresh
@@ -47,8 +46,9 @@ it left chance (``LEFT_CHANCE``), and two references, the agreement of the targe
   "data.generator.policy_weights={random_drift: 1.0}"`` the behaviour says nothing about the label,
   so an accuracy above chance (1 / A) can only come from rewards and transitions.
 
-With ``--label-after N`` the model trains on the target for N steps and on the real label after:
-whether a skill taught first carries into the label (the figures are then the label's).
+With ``--set loss.plan_steps=N`` the model trains on the context plan for N steps and on the target
+after (the trainer's curriculum, ``LossConfig.plan_steps``): whether planning taught first carries
+into the label (``--targets label``; the figures are then the target's).
 
 Why a probe: a 50-minute ladder run whose policy stays at ln A says only that it failed; this says
 whether the mechanism the policy needs is learnable by the model of the config, in minutes.
@@ -77,16 +77,10 @@ from omnirl_jax.train import fresh_steps
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ("previous", "majority", "state_last", "state_majority", "best_reward", "state_best_last_reward",
            "state_best_reward", "state_plan", "label")
-PROBE_OVERRIDES = ["loss.next_state=0", "loss.reward=0", "loss.warmup_steps=0", "data.workers=0"]
+PROBE_OVERRIDES = ["loss.next_state=0", "loss.reward=0", "loss.warmup_steps=0", "data.workers=0",
+                   "data.generator.plan_label=true"]
 """No world-model terms (the config's behaviour-cloning term stays), every step weighted alike,
-data generated in this process."""
-
-
-PLAN_GAMMA = 0.994
-"""Discount of ``state_plan``: the opt3 label is value iteration's greedy action at 0.994 (issue 23)."""
-PLAN_SWEEPS = 20
-"""Value-iteration sweeps per step of ``state_plan``, each step starting from the previous step's
-values (the model changes by one transition per step, so the values stay near convergence)."""
+data generated in this process, with the context plan."""
 
 
 def rule_labels(target: str, batch: dict, n_states: int, n_actions: int) -> np.ndarray:
@@ -96,7 +90,7 @@ def rule_labels(target: str, batch: dict, n_states: int, n_actions: int) -> np.n
     if target == "label":
         return batch["label"]
     if target == "state_plan":
-        return plan_labels(batch, n_states, n_actions)
+        return batch["plan"]
     out = np.full_like(action, n_actions)
     if target == "previous":
         out[:, 1:] = action[:, :-1]
@@ -129,31 +123,6 @@ def rule_labels(target: str, batch: dict, n_states: int, n_actions: int) -> np.n
     return out
 
 
-def plan_labels(batch: dict, n_states: int, n_actions: int) -> np.ndarray:
-    """``state_plan`` (module doc): at each step, value iteration on the transitions and rewards of
-    the steps before it, the greedy tried action in the current observation."""
-    obs, action, reward, next_obs = batch["obs"], batch["action"], batch["reward"], batch["next_obs"]
-    rows, real = np.arange(action.shape[0]), action < n_actions
-    moves = np.zeros((action.shape[0], n_states, n_actions, n_states))
-    paid = np.zeros((action.shape[0], n_states, n_actions))
-    value = np.zeros((action.shape[0], n_states))
-    out = np.full_like(action, n_actions)
-    for t in range(action.shape[1]):
-        count = moves.sum(axis=-1)
-        tried = count > 0
-        if tried.any():
-            chance, mean = moves / np.maximum(count, 1)[..., None], paid / np.maximum(count, 1)
-            for _ in range(PLAN_SWEEPS):
-                q = np.where(tried, mean + PLAN_GAMMA * np.einsum("bsan,bn->bsa", chance, value), -np.inf)
-                value = np.where(tried.any(axis=-1), q.max(axis=-1), 0.0)
-            here = tried[rows, obs[:, t]]
-            out[:, t] = np.where(here.any(axis=-1), q[rows, obs[:, t]].argmax(axis=-1), n_actions)
-        r, s, a = rows[real[:, t]], obs[real[:, t], t], action[real[:, t], t]
-        moves[r, s, a, next_obs[real[:, t], t]] += 1
-        paid[r, s, a] += reward[real[:, t], t]
-    return out
-
-
 def agreement(rules: tuple, target: np.ndarray, batch: dict, n_states: int, n_actions: int) -> float:
     """How often ``target`` equals the best of ``rules`` (names of ``rule_labels`` targets), over the
     steps where the target is defined; a rule without an answer yet counts as a miss."""
@@ -170,19 +139,17 @@ LEFT_CHANCE = 0.9
 plateau sits within 1 % of ln A; 0.9 is well clear of its noise at a batch of 8 x 256)."""
 
 
-def probe(cfg, target: str, tail: int, label_after: int | None = None) -> tuple[tuple[float, float, float, float], np.ndarray]:
-    """Trains a fresh model on ``target`` for ``cfg.train.steps`` steps (with ``label_after``, on
-    the real label from that step on: whether a skill learned first carries into the label).
-    Returns the last ``tail`` steps' mean policy loss, accuracy, and agreement of the shortcut and
+def probe(cfg, target: str, tail: int) -> tuple[tuple[float, float, float, float], np.ndarray]:
+    """Trains a fresh model on ``target`` for ``cfg.train.steps`` steps (the first
+    ``loss.plan_steps`` of them on the context plan, the trainer's curriculum). Returns the last ``tail`` steps' mean policy loss, accuracy, and agreement of the shortcut and
     of the reward rule with the target; and the loss curve, the mean policy loss of each window of
     ``tail`` steps."""
     n_states, n_actions, steps = cfg.data.generator.n_states, cfg.data.generator.n_actions, cfg.train.steps
     history = []
     with make_loader(cfg.data, batch_size=cfg.train.batch_size, segment_len=cfg.train.segment_len,
                      seed=cfg.train.seed) as loader:
-        relabelled = (batch if label_after is not None and k >= label_after else
-                      dict(batch, label=rule_labels(target, batch, n_states, n_actions))
-                      for k, batch in enumerate(next(loader) for _ in range(steps)))
+        relabelled = (dict(batch, label=rule_labels(target, batch, n_states, n_actions))
+                      for batch in (next(loader) for _ in range(steps)))
         for k, (batch, metrics) in enumerate(fresh_steps(cfg, relabelled)):
             references = [agreement(rules, batch["label"], batch, n_states, n_actions) if k >= steps - tail
                           else np.nan for rules in (SHORTCUT, REWARD_RULE)]
@@ -300,8 +267,6 @@ def main(argv=None) -> int:
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, of {', '.join(TARGETS)}")
     parser.add_argument("--steps", type=int, default=150, help="optimiser steps per target")
     parser.add_argument("--tail", type=int, default=30, help="final steps averaged in the report")
-    parser.add_argument("--label-after", type=int, metavar="N",
-                        help="train on the target for N steps, then on the real label (a curriculum)")
     parser.add_argument("--checkpoint", metavar="RUN", help="read this trained run's policy instead of training")
     parser.add_argument("--sequences", type=int, default=16, help="fresh sequences read (--checkpoint)")
     parser.add_argument("--online", action="store_true", help="with --checkpoint: read the model on its own play")
@@ -331,9 +296,9 @@ def main(argv=None) -> int:
         if target not in TARGETS:
             parser.error(f"unknown target {target!r} (known: {', '.join(TARGETS)})")
         tail = min(args.tail, args.steps)
-        (loss, accuracy, shortcut, reward_rule), curve = probe(cfg, target, tail, args.label_after)
+        (loss, accuracy, shortcut, reward_rule), curve = probe(cfg, target, tail)
         chance = np.log(cfg.data.generator.n_actions)
-        name = target if args.label_after is None else f"{target}, label from step {args.label_after}:"
+        name = target if not cfg.loss.plan_steps else f"{target}, plan first {cfg.loss.plan_steps} steps:"
         print(f"{name:17s} policy loss {loss:.3f}  accuracy {accuracy:.3f}  shortcut {shortcut:.3f}  "
               f"reward rule {reward_rule:.3f}  left chance at step {left_chance(curve, tail, chance)}  "
               f"(ln {cfg.data.generator.n_actions} = {chance:.3f}; last {tail} of {args.steps} steps)\n"

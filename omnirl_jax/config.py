@@ -102,6 +102,11 @@ class LossConfig:
     predicts the behaviour action (0: no such head). Why: the executed action is a strong, nearly
     deterministic target for recall keyed on the current state, the circuit an in-context policy
     reads, while the label is a weak target for it; the policy head still learns from labels only."""
+    plan_steps: int = 0
+    """Training steps at the start whose policy target is the context plan (the batches' ``plan``,
+    ``omnirl_jax.data.context_plan``; needs ``data.generator.plan_label``) instead of the label: a
+    curriculum. Why: at 8 states the label alone stays at ln 5, planning on the context is learned
+    first and carries into the label (issue 23; figures in the ladder config that sets it)."""
     warmup_steps: int = 512
     """Context warm-up: per-step weight ramps linearly over the first steps of a sequence."""
     warmup_start: float = 1e-3
@@ -290,5 +295,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'data.path': required when data.source is 'shards'")
     if o.lr <= 0 or o.clip_norm <= 0:
         raise ConfigError("config key 'optim.lr'/'optim.clip_norm': must be positive")
+    if cfg.loss.plan_steps < 0 or (cfg.loss.plan_steps > 0 and not d.generator.plan_label):
+        raise ConfigError(f"config key 'loss.plan_steps': must be >= 0, and > 0 only with data.generator.plan_label "
+                          f"true (the plan is the target), got {cfg.loss.plan_steps} with plan_label "
+                          f"{d.generator.plan_label}")
     if cfg.loss.warmup_steps < 0 or not 0.0 < cfg.loss.warmup_start <= 1.0:
         raise ConfigError("config key 'loss.warmup_start': must be in (0, 1] with warmup_steps >= 0")

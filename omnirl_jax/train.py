@@ -119,6 +119,8 @@ def make_train_step(graphdef, optimizer: optax.GradientTransformation, cfg: Conf
     grad_fn = jax.value_and_grad(make_loss_fn(graphdef, cfg), has_aux=True)
 
     def train_step(state: TrainState, batch: dict):
+        if cfg.loss.plan_steps:  # the curriculum of LossConfig.plan_steps
+            batch = dict(batch, label=jnp.where(state.step < cfg.loss.plan_steps, batch["plan"], batch["label"]))
         carry = reset_carry(state.carry, batch["reset"])
         (_, (metrics, carry)), grads = grad_fn(state.params, carry, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

@@ -53,6 +53,7 @@ def synthetic_sequence(seed: int, seq_len: int, n_states: int, n_actions: int) -
     obs[seq_len] = s
     label = ((obs[:-1] * 7 + 3) % n_actions).astype(np.int32)
     label[action == n_actions] = n_actions
+    plan = np.where(action == n_actions, n_actions, (obs[:-1] * 3 + 1) % n_actions).astype(np.int32)
     tag = rng.integers(0, len(TAGS), size=seq_len).astype(np.int32)
     return {
         "obs": obs[:-1],
@@ -62,6 +63,7 @@ def synthetic_sequence(seed: int, seq_len: int, n_states: int, n_actions: int) -
         "prompt": np.full(seq_len, TAG_ID["opt3"], np.int32),
         "tag": tag,
         "next_obs": obs[1:].copy(),
+        "plan": plan,
     }
 
 

@@ -43,17 +43,6 @@ def test_last_reward_differs_from_mean_reward():
     np.testing.assert_array_equal(rule("state_best_reward"), [[NULL, 0, 0, 0]])
 
 
-def test_plan_differs_from_the_best_reward():
-    """State 0: action 0 pays 1 and stays, action 1 pays 0 and leads to state 1, where action 0
-    pays 10 and leads back. Once both are known the plan takes action 1 in state 0, the immediate
-    reward rule action 0; with nothing tried in a state neither answers."""
-    batch = {"obs": np.array([[0, 0, 1, 0]]), "action": np.array([[0, 1, 0, 0]]),
-             "reward": np.array([[1.0, 0.0, 10.0, 1.0]]), "next_obs": np.array([[0, 1, 0, 0]])}
-    rule = lambda target: policy_probe.rule_labels(target, batch, n_states=2, n_actions=NULL)
-    np.testing.assert_array_equal(rule("state_plan"), [[NULL, 0, NULL, 1]])
-    np.testing.assert_array_equal(rule("state_best_reward"), [[NULL, 0, NULL, 0]])
-
-
 def test_agreement():
     batch = {"obs": np.zeros((1, 4), int), "action": np.array([[1, 1, 0, 0]]), "reward": np.array([[0.0, 0.0, 2.0, 0.0]])}
     target = np.array([[NULL, 1, 1, 0]])  # equals the previous action everywhere it is defined
@@ -97,6 +86,6 @@ def test_training_probe_runs_and_reports(capsys):
     line = capsys.readouterr().out
     assert line.startswith("state_best_reward policy loss ") and "loss per 2 steps: " in line
     assert policy_probe.main(["--config", str(Path(__file__).parents[1] / "configs" / "ladder" / "cbandit-8.yaml"),
-                              "--set", *tiny, "--targets", "state_plan", "--steps", "4", "--tail", "2",
-                              "--label-after", "2"]) == 0
-    assert capsys.readouterr().out.startswith("state_plan, label from step 2: policy loss ")
+                              "--set", *tiny, "loss.plan_steps=2", "--targets", "label", "--steps", "4",
+                              "--tail", "2"]) == 0
+    assert capsys.readouterr().out.startswith("label, plan first 2 steps: policy loss ")

@@ -1,5 +1,6 @@
 """The train loop and the CLI: the loss falls, outputs land in the workdir, re-running resumes."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 from conftest import SyntheticBatches
 
 from omnirl_jax import cli
-from omnirl_jax.config import Config, MeshConfig, ModelConfig, OptimConfig, TrainConfig
+from omnirl_jax.config import Config, MeshConfig, ModelConfig, OptimConfig, TrainConfig, validate
 from omnirl_jax.train import STEP_METRICS, fresh_steps, train
 from omnirl_jax.typed_config import ConfigError
 
@@ -76,6 +77,24 @@ def test_fresh_steps_yields_each_batch_with_its_metrics():
     assert [m for _, m in first] == [m for _, m in again]  # a fresh model from train.seed each time
     assert first[-1][1]["loss"] < first[0][1]["loss"]
     assert all(isinstance(v, float) for v in first[0][1].values())
+
+
+def test_plan_steps_train_on_the_plan_then_on_the_label():
+    """``loss.plan_steps``: the first steps are those of a run whose label is the plan, the rest not."""
+    cfg = tiny_config(n_layers=1)
+    cfg.data.generator.plan_label, cfg.loss.plan_steps = True, 3
+
+    def metrics(config, relabel):
+        batches = SyntheticBatches(batch_size=8, segment_len=32, seq_len=128, n_states=N_STATES)
+        feed = (dict(b, label=b["plan"]) if relabel else b for b in (next(batches) for _ in range(5)))
+        return [m for _, m in fresh_steps(config, feed)]
+
+    curriculum, on_plan = metrics(cfg, False), metrics(dataclasses.replace(cfg, loss=dataclasses.replace(cfg.loss, plan_steps=0)), True)
+    assert [m["policy_loss"] for m in curriculum[:3]] == pytest.approx([m["policy_loss"] for m in on_plan[:3]], rel=1e-5)
+    assert abs(curriculum[3]["policy_loss"] - on_plan[3]["policy_loss"]) > 0.01
+    cfg.data.generator.plan_label = False
+    with pytest.raises(ConfigError, match="loss.plan_steps"):
+        validate(cfg)
 
 
 CLI_TINY = ["model.d_model=32", "model.n_heads=4", "data.generator.n_states=12", "data.generator.seq_len=64", "data.workers=0",

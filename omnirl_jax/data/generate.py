@@ -20,6 +20,8 @@ Step records (see ``omnirl_jax.data.schema``; dtypes in ``STEP_DTYPES``):
   its pull, and that terminal record would say nothing (the state reached is not a consequence of
   the pull, the null action, reward 0): it is left out, so every record of a bandit sequence is a
   pull and half the tokens are not spent on null steps;
+* ``plan[t]`` is the context plan (``omnirl_jax.data.context_plan``: value iteration on the
+  sequence's own records before step ``t``) where ``plan_label`` is on, the null action elsewhere;
 * ``episode_end[t]`` is True on the last record of every episode (the terminal record, or the
   last action of a truncated episode): ``obs[t + 1]`` is then a reset, not a consequence of
   ``action[t]``, so a world-model loss should skip it there.
@@ -43,6 +45,7 @@ from anymdp_gym.random_stream import seed_streams
 from anymdp_gym.planning import expected_rewards, optimal_q, row_windows
 from anymdp_gym.sampling import CBANDIT_REWARDS, sample_contextual_bandit, sample_garnet_task, sample_task
 from anymdp_gym.task import Task
+from omnirl_jax.data import context_plan
 from omnirl_jax.data import policies as pol
 from omnirl_jax.data.schema import TAG_ID, terminal_record_follows
 
@@ -54,6 +57,7 @@ STEP_DTYPES = {
     "prompt": np.dtype(np.uint8),
     "tag": np.dtype(np.uint8),
     "episode_end": np.dtype(np.bool_),
+    "plan": np.dtype(np.uint8),
 }
 """Fields returned by ``SequenceGenerator.run``, each ``[n_sequences, n_steps]``, and their dtypes."""
 
@@ -97,6 +101,9 @@ class GeneratorConfig:
     """Behaviour mixture: policy name (``policies.POLICY_NAMES``) -> non-negative weight."""
     label_policy: str = "opt3"
     """Oracle whose action is the label (``opt0``..``opt3``); its tag id is the prompt."""
+    plan_label: bool = False
+    """Record ``plan``, the context plan (``omnirl_jax.data.context_plan``) at the label oracle's
+    discount; off, ``plan`` is the null action (the plan costs ``20 * S * A * S`` per step)."""
     tag_hide_sequence_prob: float = 0.15
     tag_hide_episode_prob: float = 0.15
     policy_redraw_prob: float = 0.2
@@ -173,6 +180,8 @@ class GeneratorConfig:
             bad("policy_weights", "weights sum to 0")
         if self.label_policy not in LABEL_POLICIES:
             bad("label_policy", f"must be one of {LABEL_POLICIES}, got {self.label_policy!r}")
+        if not isinstance(self.plan_label, bool):
+            bad("plan_label", f"must be true or false, got {self.plan_label!r}")
         for field in ("tag_hide_sequence_prob", "tag_hide_episode_prob", "policy_redraw_prob", "q_alpha_exponential_prob"):
             probability(field)
         if not isinstance(self.q_alpha, (int, float)) or not 0.0 < self.q_alpha <= 1.0:
@@ -268,8 +277,9 @@ class EnvState(NamedTuple):
     last_tag: np.ndarray  # int64 [N] tag of the last action step
 
 
-StepRecords = NamedTuple("StepRecords", [(name, np.ndarray) for name in STEP_DTYPES])
-"""A chunk's records as ``_run`` writes them: the ``STEP_DTYPES`` fields, ``[n_sequences, n_steps]``."""
+StepRecords = NamedTuple("StepRecords", [(name, np.ndarray) for name in STEP_DTYPES if name != "plan"])
+"""A chunk's records as ``_run`` writes them: the ``STEP_DTYPES`` fields but ``plan`` (a function of
+the others, ``context_plan``), ``[n_sequences, n_steps]``."""
 
 
 @njit(cache=True)
@@ -392,6 +402,7 @@ class SequenceGenerator:
             last_tag=np.full(n_seq, TAG_ID["unk"], np.int64),
         )
         self._params = config.policy_params()
+        self._plan = context_plan.allocate(n_seq, config.n_states, config.n_actions) if config.plan_label else None
         _start(self.tables, self._env, self._state, self._params)
 
     def run(self, n_steps: int) -> dict[str, np.ndarray]:
@@ -401,10 +412,14 @@ class SequenceGenerator:
         if self.steps_done + n_steps > self.config.seq_len:
             raise ValueError(f"run({n_steps}) after {self.steps_done} steps passes seq_len={self.config.seq_len}")
         shape = (self.sequence_ids.size, int(n_steps))
-        out = StepRecords(**{name: np.empty(shape, dtype) for name, dtype in STEP_DTYPES.items()})
+        out = StepRecords(**{name: np.empty(shape, STEP_DTYPES[name]) for name in StepRecords._fields})
         _run(self.tables, self._env, self._state, self._params, out)
+        plan = np.full(shape, self.config.n_actions, STEP_DTYPES["plan"])
+        if self._plan is not None:
+            gamma = pol.ORACLE_GAMMAS[pol.POLICY_ID[self.config.label_policy]]
+            context_plan.label_chunk(self._plan, out.obs, out.action, out.reward, out.episode_end, gamma, plan)
         self.steps_done += int(n_steps)
-        return out._asdict()
+        return {**out._asdict(), "plan": plan}
 
     @property
     def last_obs(self) -> np.ndarray:

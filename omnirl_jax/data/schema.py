@@ -9,6 +9,8 @@ observation is recorded as its own step with the null action ``n_actions`` and r
 label is also the null action (no policy loss there); a bandit (one state, every pull a one-step
 episode) has no terminal records, its terminal observation being the only observation. ``next_obs[t]`` is ``obs[t + 1]`` (the
 world-model target); it is meaningless where ``action[t]`` is null (the next step is a reset).
+``plan[t]`` is a second label, the context plan (``omnirl_jax.data.context_plan``), or the null
+action where the generator does not compute it (``GeneratorConfig.plan_label``).
 
 The loader yields batches of segments: every array has shape ``[batch, segment_len]`` except the
 per-row fields ``offset`` (absolute step of the segment's first step within its sequence, for
@@ -35,6 +37,7 @@ STEP_FIELDS = {
     "prompt": np.int32,
     "tag": np.int32,
     "next_obs": np.int32,
+    "plan": np.int32,
 }
 """Per-step batch fields and their dtypes in a loader batch, each ``[batch, segment_len]``."""
 

@@ -46,7 +46,8 @@ import numpy as np
 from omnirl_jax.data.generate import STEP_DTYPES, GeneratorConfig, SequenceGenerator
 
 MAGIC = b"OMNIRLSH"
-VERSION = 1
+VERSION = 2
+"""Shard and manifest format version (2: the ``plan`` field); a reader refuses any other."""
 ALIGN = 4096
 MANIFEST = "manifest.json"
 FORMAT = "omnirl-shards"
