@@ -60,6 +60,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tasks", type=int, default=256)
     parser.add_argument("--temperatures", default="1", help="comma-separated model sampling temperatures")
     parser.add_argument("--gather-steps", type=int, default=0, help="first pulls sampled at temperature 1")
+    parser.add_argument("--untried-first", action="store_true", help="gathering pulls take untried arms first")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
 
@@ -81,8 +82,9 @@ def main(argv=None) -> int:
     for temperature in (float(x) for x in args.temperatures.split(",")):
         carry = model.runner.init_carry(len(tasks))
         traj, _ = model.runner.rollout(carry, env_params, key, n_steps=suite.steps, tag=TAG_ID["unk"],
-                                       sampling=Sampling(temperature, args.gather_steps))
-        name = f"model T={temperature:g}" + (f" g{args.gather_steps}" if args.gather_steps else "")
+                                       sampling=Sampling(temperature, args.gather_steps, args.untried_first))
+        name = (f"model T={temperature:g}" + (f" g{args.gather_steps}" if args.gather_steps else "")
+                + (" untried first" if args.untried_first else ""))
         scores = describe(name, jax.device_get(traj), means, noiseless, refs)
         diff, half, _ = paired(scores, baseline["epsilon_greedy"])
         print(f"  minus epsilon_greedy {diff:+.3f} +- {half:.3f}")

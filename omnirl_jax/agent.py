@@ -25,7 +25,8 @@ Each ``act`` is one jitted call (``rollout.ModelRunner.act``): it reads the prev
 its terminal record) into the carried state, then draws an action, with the very same model
 calls as ``omnirl-eval``'s batched rollout, so both give the same outputs on the same inputs
 (tested). Actions are drawn from the policy head's softmax at ``temperature`` (0: greedy),
-the first ``gather_steps`` of a task at 1 (``rollout.Sampling``), keyed by ``(seed, step
+the first ``gather_steps`` of a task at 1, among the actions untried in the observation first
+with ``untried_first`` (``rollout.Sampling``), keyed by ``(seed, step
 count)``: a seed replays a run. ``num_envs=B`` plays ``B`` environments in lockstep (``act``
 then takes and returns ``[B]`` arrays), one jitted call for all of them: envs stepped one by one,
 or a Gymnasium vector env in ``AutoresetMode.SAME_STEP`` with ``info["final_obs"]`` as
@@ -50,7 +51,7 @@ from gymnasium import spaces
 
 from omnirl_jax.data.schema import TAG_ID
 from omnirl_jax.eval.restore import LoadedModel, load_model
-from omnirl_jax.eval.rollout import PendingStep, Sampling
+from omnirl_jax.eval.rollout import PendingStep, Sampling, untried_mask
 
 
 class InContextAgent:
@@ -60,7 +61,8 @@ class InContextAgent:
     """Tag of the agent's own steps, as in ``omnirl-eval``'s online mode."""
 
     def __init__(self, model: LoadedModel, observation_space: spaces.Space, action_space: spaces.Space, *,
-                 num_envs: Optional[int] = None, temperature: float = 1.0, gather_steps: int = 0, seed: int = 0):
+                 num_envs: Optional[int] = None, temperature: float = 1.0, gather_steps: int = 0,
+                 untried_first: bool = False, seed: int = 0):
         self.n_obs = _discrete_size(observation_space, "observation", model.n_states)
         self.n_actions = _discrete_size(action_space, "action", model.n_actions)
         if self.n_actions < 2:
@@ -74,7 +76,7 @@ class InContextAgent:
         self.model, self.runner = model, model.runner
         # A model trained on one-step tasks never saw a terminal record: feed none.
         self._terminal_records = not model.config.data.generator.one_step
-        self.num_envs, self.sampling = num_envs, Sampling(float(temperature), int(gather_steps))
+        self.num_envs, self.sampling = num_envs, Sampling(float(temperature), int(gather_steps), bool(untried_first))
         self._batch = 1 if num_envs is None else int(num_envs)
         self._key = jax.random.key(seed)
         self._mask = jnp.arange(model.n_actions) < self.n_actions
@@ -83,11 +85,12 @@ class InContextAgent:
     @classmethod
     def load(cls, checkpoint: str | Path, observation_space: spaces.Space, action_space: spaces.Space, *,
              step: Optional[int] = None, num_envs: Optional[int] = None, temperature: float = 1.0,
-             gather_steps: int = 0, seed: int = 0, warn: Callable[[str], None] = print) -> "InContextAgent":
+             gather_steps: int = 0, untried_first: bool = False, seed: int = 0,
+             warn: Callable[[str], None] = print) -> "InContextAgent":
         """The agent of a training run's workdir (``omnirl-train --workdir``), its newest intact
         checkpoint or ``step``; ``restore.EvalError`` with one line if it cannot be read."""
         return cls(load_model(checkpoint, step, warn=warn), observation_space, action_space, num_envs=num_envs,
-                   temperature=temperature, gather_steps=gather_steps, seed=seed)
+                   temperature=temperature, gather_steps=gather_steps, untried_first=untried_first, seed=seed)
 
     def reset_task(self) -> None:
         """Forgets every step so far: the next ``act`` starts a new task from an empty context."""
@@ -95,6 +98,7 @@ class InContextAgent:
         # Through the model once, so the carry has the layout ``act`` returns (one compile, not two).
         self._carry = self.runner.absorb(self.runner.init_carry(self._batch), self._pending, self.TAG)
         self._acted: Optional[tuple[np.ndarray, np.ndarray]] = None
+        self._tried = np.zeros((self._batch, self.n_obs, self._mask.shape[0]), bool)
         self.steps = 0
 
     def act(self, obs):
@@ -103,9 +107,14 @@ class InContextAgent:
             raise RuntimeError("act() called twice without observe(): report each step's outcome first")
         ids = self._ids(obs, "observation")
         key = jax.random.fold_in(self._key, self.steps)
-        action, self._carry = self.runner.act(self._carry, self._pending, jnp.asarray(ids), key, self.TAG, self._mask,
+        rows = np.arange(self._batch)
+        mask = jnp.broadcast_to(self._mask, self._tried.shape[::2])
+        if self.sampling.untried_only_at(self.steps):
+            mask = untried_mask(mask, jnp.asarray(self._tried[rows, ids]))
+        action, self._carry = self.runner.act(self._carry, self._pending, jnp.asarray(ids), key, self.TAG, mask,
                                               temperature=self.sampling.temperature_at(self.steps))
         action = np.asarray(action)
+        self._tried[rows, ids, action] = True
         self._acted = (ids, action)
         self.steps += 1
         return int(action[0]) if self.num_envs is None else action

@@ -72,6 +72,21 @@ def test_agent_gathers_at_temperature_one_first(model):
         actions(gather_steps=-1)
 
 
+def test_agent_takes_untried_actions_first_while_gathering(model):
+    """``untried_first``: in one observation, the first ``N_ACTIONS`` gathering draws are all the
+    actions; without it the same seed repeats one (the untrained policy is near uniform)."""
+    def actions(**sampling):
+        agent = InContextAgent(model, spaces.Discrete(N_STATES), spaces.Discrete(N_ACTIONS), seed=0, **sampling)
+        out = []
+        for _ in range(N_ACTIONS):
+            out.append(agent.act(2))
+            agent.observe(0.0, 2, False, False)
+        return out
+
+    assert sorted(actions(gather_steps=N_ACTIONS, untried_first=True)) == list(range(N_ACTIONS))
+    assert len(set(actions(gather_steps=N_ACTIONS))) < N_ACTIONS
+
+
 def test_readme_frozenlake_snippet(tiny_workdir):
     """The README's agent snippet, as written, with a tiny checkpoint in place of runs/cpu."""
     readme = (Path(__file__).parents[1] / "README.md").read_text()

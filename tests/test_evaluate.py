@@ -80,20 +80,22 @@ def test_end_to_end_writes_reports(workdir, tmp_path):
 
 
 def test_the_model_is_sampled_at_its_configs_temperature_by_default(workdir, tmp_path):
-    """Without ``temperature`` and ``gather_steps`` the model plays as its run's ``eval`` section
-    says (here greedy after 16 steps at 1), as explicit values do, not at 1 nor greedy throughout."""
+    """Without ``temperature``, ``gather_steps`` and ``untried_first`` the model plays as its run's
+    ``eval`` section says (here greedy after 16 steps at 1, untried actions first), as explicit
+    values do, not at 1, nor greedy throughout, nor with repeats while gathering."""
     greedy = tmp_path / "greedy"
     greedy.mkdir()
     (greedy / "checkpoints").symlink_to(workdir / "checkpoints")
     raw = yaml.safe_load((workdir / "config.yaml").read_text())
-    raw.setdefault("eval", {}).update(temperature=0.0, gather_steps=16)
+    raw.setdefault("eval", {}).update(temperature=0.0, gather_steps=16, untried_first=True)
     (greedy / "config.yaml").write_text(yaml.safe_dump(raw))
     play = lambda **kw: run(str(greedy), ["anymdp-16"], modes=["online"], agents=["model"], out=tmp_path / "eval",
                             n_tasks=2, steps=128, window=64, log=lambda *_: None, **kw)[0].curves
     default = play()
-    np.testing.assert_array_equal(default, play(temperature=0.0, gather_steps=16))
+    np.testing.assert_array_equal(default, play(temperature=0.0, gather_steps=16, untried_first=True))
     assert not np.array_equal(default, play(temperature=1.0))
     assert not np.array_equal(default, play(gather_steps=0))
+    assert not np.array_equal(default, play(untried_first=False))
 
 
 def test_bandit_suite_plays_the_bandit_baselines(tmp_path):
@@ -114,3 +116,13 @@ def test_contextual_bandit_suite_plays_per_context_baselines(tmp_path):
     assert set(scores) == {"random", "oracle", "epsilon_greedy", "ucb1", "thompson"}
     assert abs(scores["oracle"] - 1) < 0.1 and abs(scores["random"]) < 0.2
     assert all(0.4 < scores[a] < 1.05 for a in ("epsilon_greedy", "thompson")), scores
+
+
+def test_cli_sampling_flags_default_to_the_runs_eval_section():
+    """``omnirl-eval``'s sampling flags: absent, None (the run's ``eval`` section decides)."""
+    from omnirl_jax.eval.cli import parse_args
+
+    base = ["--checkpoint", "run", "--suite", "bandit-5"]
+    assert parse_args(base).untried_first is None and parse_args(base).gather_steps is None
+    assert parse_args(base + ["--untried-first"]).untried_first is True
+    assert parse_args(base + ["--no-untried-first", "--gather-steps", "5"]).untried_first is False

@@ -147,3 +147,30 @@ def test_gathering_steps_sample_at_one_then_at_the_temperature(tasks):
         np.testing.assert_array_equal(logits.argmax(axis=1)[clear & later], mixed.action[i][clear & later])
         greedy_first.append(np.mean(logits.argmax(axis=1)[:gather] == mixed.action[i][:gather]))
     assert min(greedy_first) < 0.9
+
+
+def test_untried_first_tries_every_action_of_an_observation_before_repeating_one(tasks):
+    """``Sampling(untried_first=True)``: while gathering, an observation's actions are all taken
+    once before any is taken again there; after the gather steps, and without the option, not."""
+    cfg = ModelConfig(d_model=16, n_layers=1, n_heads=2, remat=False, fused_step=True)
+    cfg.chunk_size = cfg.tokens_per_step
+    graphdef, params = nnx.split(OmniRL(cfg, n_states=N_STATES, n_actions=N_ACTIONS, rngs=nnx.Rngs(0)), nnx.Param)
+    runner = ModelRunner(graphdef, params, N_ACTIONS)
+    env_params, gather = env_jax.from_tasks(tasks, N_ACTIONS), 60
+    play = lambda sampling: jax.device_get(runner.rollout(runner.init_carry(2), env_params, jax.random.key(3),
+                                                          n_steps=120, tag=TAG_ID["unk"], sampling=sampling)[0])
+
+    def repeats_too_early(traj, upto):
+        """Steps before ``upto`` that repeat an action in an observation with untried actions left."""
+        count = 0
+        for i in range(2):
+            tried = {}
+            for t in range(upto):
+                seen = tried.setdefault(int(traj.obs[i, t]), set())
+                count += int(traj.action[i, t]) in seen and len(seen) < N_ACTIONS
+                seen.add(int(traj.action[i, t]))
+        return count
+
+    first = play(Sampling(1.0, gather_steps=gather, untried_first=True))
+    assert repeats_too_early(first, gather) == 0
+    assert repeats_too_early(first, 120) > 0 and repeats_too_early(play(Sampling(1.0, gather_steps=gather)), gather) > 0

@@ -43,6 +43,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--gather-steps", type=int,
                         help="first interaction steps of a context sampled at temperature 1 "
                              "(default: the run's eval.gather_steps)")
+    parser.add_argument("--untried-first", action=argparse.BooleanOptionalAction,
+                        help="gathering steps take an observation's untried actions first "
+                             "(default: the run's eval.untried_first)")
     parser.add_argument("--seed", type=int, default=0, help="seed of env, policy and baseline randomness")
     parser.add_argument("--step", type=int, help="checkpoint step to restore (default: the latest)")
     args = parser.parse_args(argv)
@@ -62,7 +65,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         run(args.checkpoint, args.suite, modes=args.modes, agents=args.agents, out=args.out, n_tasks=args.tasks,
             steps=args.steps, window=args.window, context_steps=args.context_steps, seed=args.seed,
-            temperature=args.temperature, gather_steps=args.gather_steps, step=args.step)
+            temperature=args.temperature, gather_steps=args.gather_steps, untried_first=args.untried_first,
+            step=args.step)
     except EvalError as e:
         print(f"omnirl-eval: error: {e}", file=sys.stderr)
         return 2

@@ -14,7 +14,8 @@ After a context the model (and each learning baseline, which first ``update``s o
 transitions) starts a fresh episode. Actions are sampled from the policy head's softmax at
 ``--temperature`` (1: the distribution the model was trained to output; 0: greedy; by default the
 run's ``eval.temperature``), the first ``--gather-steps`` of them at 1 (default the run's
-``eval.gather_steps``; ``rollout.Sampling``). Live suites
+``eval.gather_steps``), with ``--untried-first`` among an observation's untried actions first
+(``rollout.Sampling``). Live suites
 (``mountaincar``, ``pendulum``: Gymnasium envs with no table, ``live`` module doc) play online
 only, the model through ``omnirl_jax.agent.InContextAgent`` and each baseline of
 ``live.LIVE_BASELINES`` through the envs' own ``step``; the other suites run on tables
@@ -186,7 +187,8 @@ def evaluate_live_group(model: Optional[LoadedModel], suite: Suite, group: str, 
             observations, actions = spaces.Discrete(n_obs), spaces.Discrete(task.size[1])
             reward, done = live.play(lambda envs: InContextAgent(model, observations, actions, num_envs=len(envs),
                                                                  temperature=sampling.temperature,
-                                                                 gather_steps=sampling.gather_steps, seed=seed), game)
+                                                                 gather_steps=sampling.gather_steps,
+                                                                 untried_first=sampling.untried_first, seed=seed), game)
         else:
             reward, done = live.LIVE_BASELINES[agent](game)
         results.append(_scored(suite, group, "online", agent, window, reward, done, refs, log,
@@ -273,13 +275,13 @@ def run(checkpoint: Optional[str], suites: Sequence[str], *, modes: Sequence[str
         agents: Optional[Sequence[str]] = None, out: str | Path = "eval", n_tasks: Optional[int] = None,
         steps: Optional[int] = None, window: Optional[int] = None, context_steps: Optional[int] = None,
         seed: int = 0, temperature: Optional[float] = None, gather_steps: Optional[int] = None,
-        step: Optional[int] = None, log=print) -> list[Result]:
+        untried_first: Optional[bool] = None, step: Optional[int] = None, log=print) -> list[Result]:
     """Evaluates ``agents`` on ``suites`` (names of ``suites.SUITES``) and writes the reports.
 
     ``agents`` None means the model (when a ``checkpoint`` is given) and each suite's own
     ``Suite.baselines``. ``checkpoint`` may be None when ``agents`` holds no ``model`` (baselines
-    only, vocabulary of each suite's own size). ``temperature``, ``gather_steps`` None: the model's
-    config's ``eval.temperature``, ``eval.gather_steps`` (``rollout.Sampling``). Raises
+    only, vocabulary of each suite's own size). ``temperature``, ``gather_steps``, ``untried_first`` None:
+    the model's config's ``eval`` values (``rollout.Sampling``). Raises
     ``EvalError`` with a one-line message on bad input.
     """
     for name, given, known in (("mode", modes, MODES), ("agent", agents or (), AGENTS)):
@@ -310,7 +312,7 @@ def run(checkpoint: Optional[str], suites: Sequence[str], *, modes: Sequence[str
         model = load_model(checkpoint, step, warn=log)
         log(f"model: {checkpoint} step {model.step} ({model.n_states} observation ids, {model.n_actions} actions)")
     defaults = model.config.eval if model is not None else EvalConfig()
-    sampling = Sampling.of(defaults, temperature, gather_steps)
+    sampling = Sampling.of(defaults, temperature, gather_steps, untried_first)
     results = []
     for suite in suite_defs:
         groups = []

@@ -74,22 +74,37 @@ class Trajectory(NamedTuple):
 
 
 class Sampling(NamedTuple):
-    """How the model's actions are drawn along a context (``EvalConfig.temperature`` and
-    ``gather_steps``): at temperature 1, the distribution it was trained to output, for the first
-    ``gather_steps`` interaction steps, then at ``temperature`` (0: greedy)."""
+    """How the model's actions are drawn along a context (``EvalConfig.temperature``,
+    ``gather_steps`` and ``untried_first``): at temperature 1, the distribution it was trained to
+    output, for the first ``gather_steps`` interaction steps, then at ``temperature`` (0: greedy);
+    with ``untried_first``, a gathering step draws only among the actions not yet taken in the
+    current observation (counted from the context's first interaction step) while it has any."""
 
     temperature: float = 1.0
     gather_steps: int = 0
+    untried_first: bool = False
 
     @classmethod
-    def of(cls, eval_cfg, temperature: float | None = None, gather_steps: int | None = None) -> "Sampling":
+    def of(cls, eval_cfg, temperature: float | None = None, gather_steps: int | None = None,
+           untried_first: bool | None = None) -> "Sampling":
         """A run's ``EvalConfig`` sampling, with each value given here (not None) in its place."""
         return cls(float(eval_cfg.temperature if temperature is None else temperature),
-                   int(eval_cfg.gather_steps if gather_steps is None else gather_steps))
+                   int(eval_cfg.gather_steps if gather_steps is None else gather_steps),
+                   bool(eval_cfg.untried_first if untried_first is None else untried_first))
 
     def temperature_at(self, step: int) -> float:
         """The temperature of interaction step ``step`` (from 0) of a context."""
         return 1.0 if step < self.gather_steps else self.temperature
+
+    def untried_only_at(self, step: int) -> bool:
+        """Whether interaction step ``step`` draws among untried actions only (where any is left)."""
+        return self.untried_first and step < self.gather_steps
+
+
+def untried_mask(action_mask, tried):
+    """``[B, A]``: the task's actions not in ``tried [B, A]``, or all of them where none is left."""
+    untried = action_mask & ~tried
+    return jnp.where(jnp.any(untried, axis=-1, keepdims=True), untried, action_mask)
 
 
 def sample_action(key, logits, action_mask, temperature: float):
@@ -132,7 +147,7 @@ class ModelRunner:
         """``n_steps`` interaction steps on every task of ``env_params`` (a fresh episode each),
         the model's own steps tagged ``tag``, its actions drawn as ``sampling`` says (its gathering
         steps counted from this call's first step). Returns the trajectory and the final carry."""
-        sampling = Sampling(float(sampling.temperature), int(sampling.gather_steps))
+        sampling = Sampling(float(sampling.temperature), int(sampling.gather_steps), bool(sampling.untried_first))
         return self._rollout(self.params, carry, env_params, key, jnp.int32(tag), n_steps=n_steps, sampling=sampling)
 
     def act(self, carry, previous: "PendingStep", obs, key, tag, action_mask, *, temperature: float):
@@ -191,24 +206,31 @@ class ModelRunner:
         tags = jnp.full((batch_size, 1), tag, jnp.int32)
         zeros = jnp.zeros((batch_size,), jnp.float32)
 
+        rows = jnp.arange(batch_size)
+
         def body(state, xs):
             key, step = xs
-            carry, env, pending, terminal_obs = state
+            carry, env, pending, terminal_obs, tried = state
             carry = self._feed(params, carry, self._record(terminal_obs, null, zeros, tags), pending)
             logits = self._policy_logits(params, carry, env.obs, tags)
             k_act, k_env = jax.random.split(key)
             action = sample_action(k_act, logits, env_params.action_mask, sampling.temperature)
             if sampling.gather_steps:
-                gathering = sample_action(k_act, logits, env_params.action_mask, 1.0)
+                # tried is keyed on the internal state: the same as the observation (state_mapping is one-to-one)
+                mask = untried_mask(env_params.action_mask, tried[rows, env.state]) if sampling.untried_first \
+                    else env_params.action_mask
+                gathering = sample_action(k_act, logits, mask, 1.0)
                 action = jnp.where(step < sampling.gather_steps, gathering, action)
+            tried = tried.at[rows, env.state, action].set(True)
             obs = env.obs
             env, out = env_jax.step_batch(env_params, env, action, jax.random.split(k_env, batch_size))
             _, carry = self._apply(params, self._record(obs, action, out.reward, tags), carry)
             pending = terminal_record_follows(out.terminated, env_params.max_steps_in_episode)
-            return (carry, env, pending, out.next_obs), Trajectory(obs, action, out.reward, out.next_obs,
+            return (carry, env, pending, out.next_obs, tried), Trajectory(obs, action, out.reward, out.next_obs,
                                                                    out.terminated, out.truncated)
 
-        init = (carry, env, jnp.zeros(batch_size, bool), env.obs)
+        tried = jnp.zeros(env_params.log_transition.shape[:3], bool)  # [B, states, actions]
+        init = (carry, env, jnp.zeros(batch_size, bool), env.obs, tried)
         (carry, *_), traj = jax.lax.scan(body, init, (jax.random.split(key, n_steps), jnp.arange(n_steps)))
         return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), traj), carry
 
