@@ -47,3 +47,13 @@ def test_generated_plan_tends_to_the_label_and_is_off_by_default():
     assert np.mean(whole["plan"][:, 512:][late] == whole["label"][:, 512:][late]) > 0.6
     cfg.plan_label = False
     assert np.all(SequenceGenerator(cfg, seed=3, sequence_ids=range(2)).run(64)["plan"] == 5)
+
+
+def test_plan_label_off_keeps_the_data_identity_of_runs_before_it():
+    """A run started before ``plan_label`` existed resumes: off, the field is not part of the
+    identity its loader checks (the records are the same); on, it is."""
+    from omnirl_jax.data.shards import config_dict
+
+    cfg = GeneratorConfig()
+    assert cfg.identity() == {k: v for k, v in config_dict(cfg).items() if k != "plan_label"}
+    assert GeneratorConfig(plan_label=True).identity()["plan_label"] is True

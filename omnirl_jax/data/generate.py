@@ -34,6 +34,7 @@ Gymnasium envs use.
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from typing import NamedTuple, Optional, Sequence
 
@@ -203,6 +204,15 @@ class GeneratorConfig:
         if self.task_family == "garnet" and not (is_int(self.garnet_branching) and 1 <= self.garnet_branching <= (self.min_states or self.n_states)):
             bad("garnet_branching", f"must be an integer in [1, active states], got {self.garnet_branching!r}")
         return self
+
+    def identity(self) -> dict:
+        """JSON form of the fields that fix the generated sequences, which a resumed run's loader
+        must match: all of them, but ``plan_label`` while off (added 2026-12-08: off, the records
+        are those generated before it, so runs started before it still resume)."""
+        fields = json.loads(json.dumps(dataclasses.asdict(self)))
+        if not self.plan_label:
+            del fields["plan_label"]
+        return fields
 
     @property
     def one_step(self) -> bool:

@@ -277,7 +277,7 @@ class GenerateLoader(SegmentLoader):
             raise _config_error(f"config key 'data.generator': {e}") from None
         if not isinstance(data_cfg.workers, int) or data_cfg.workers < 0:
             raise _config_error(f"config key 'data.workers': must be >= 0, got {data_cfg.workers!r}")
-        fingerprint = hashlib.sha256(json.dumps(shards.config_dict(self.config), sort_keys=True).encode()).hexdigest()
+        fingerprint = hashlib.sha256(json.dumps(self.config.identity(), sort_keys=True).encode()).hexdigest()
         super().__init__(batch_size=batch_size, segment_len=segment_len, seq_len=self.config.seq_len, seed=seed,
                          dataset=f"generate:{fingerprint}", rows=rows)
         self.workers = min(data_cfg.workers, rows.stop - rows.start)
