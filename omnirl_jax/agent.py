@@ -108,7 +108,7 @@ class InContextAgent:
         ids = self._ids(obs, "observation")
         key = jax.random.fold_in(self._key, self.steps)
         rows = np.arange(self._batch)
-        mask = jnp.broadcast_to(self._mask, self._tried.shape[::2])
+        mask = jnp.broadcast_to(self._mask, (self._batch, self._mask.shape[0]))
         if self.sampling.untried_only_at(self.steps):
             mask = untried_mask(mask, jnp.asarray(self._tried[rows, ids]))
         action, self._carry = self.runner.act(self._carry, self._pending, jnp.asarray(ids), key, self.TAG, mask,
