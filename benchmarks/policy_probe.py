@@ -141,9 +141,9 @@ plateau sits within 1 % of ln A; 0.9 is well clear of its noise at a batch of 8 
 
 def probe(cfg, target: str, tail: int) -> tuple[tuple[float, float, float, float], np.ndarray]:
     """Trains a fresh model on ``target`` for ``cfg.train.steps`` steps (the first
-    ``loss.plan_steps`` of them on the context plan, the trainer's curriculum). Returns the last ``tail`` steps' mean policy loss, accuracy, and agreement of the shortcut and
-    of the reward rule with the target; and the loss curve, the mean policy loss of each window of
-    ``tail`` steps."""
+    ``loss.plan_steps`` of them on the context plan, the trainer's curriculum). Returns the last
+    ``tail`` steps' mean policy loss, accuracy, and agreement of the shortcut and of the reward rule
+    with the target; and the loss curve, the mean policy loss of each window of ``tail`` steps."""
     n_states, n_actions, steps = cfg.data.generator.n_states, cfg.data.generator.n_actions, cfg.train.steps
     history = []
     with make_loader(cfg.data, batch_size=cfg.train.batch_size, segment_len=cfg.train.segment_len,

@@ -221,7 +221,8 @@ class ModelRunner:
                     else env_params.action_mask
                 gathering = sample_action(k_act, logits, mask, 1.0)
                 action = jnp.where(step < sampling.gather_steps, gathering, action)
-            tried = tried.at[rows, env.state, action].set(True)
+            if sampling.untried_first:  # the only reader of tried: no scatter per step otherwise
+                tried = tried.at[rows, env.state, action].set(True)
             obs = env.obs
             env, out = env_jax.step_batch(env_params, env, action, jax.random.split(k_env, batch_size))
             _, carry = self._apply(params, self._record(obs, action, out.reward, tags), carry)
